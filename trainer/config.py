@@ -156,16 +156,13 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...], source: str) -> dict:
-    """Apply `a.b.c=value` strings; the value is parsed as YAML (so 3, 1e-4, true, [a, b])."""
+    """Apply `a.b.c=value` strings."""
     data = json.loads(json.dumps(data))  # a deep copy that keeps only plain types
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected dotted.key=value")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
+        value = Override(raw)
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
@@ -174,6 +171,10 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...], source: 
                 raise ConfigError(f"--set {key}: '{part}' is not a section ({source})")
         node[leaf] = value
     return data
+
+
+class Override(str):
+    """A `--set` value, kept as text until its field's type says how to read it."""
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
@@ -200,6 +201,14 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str, prefix: str = "")
 
 
 def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
+    if isinstance(value, Override):
+        # Parse as YAML (3, 1e-4, true, [a, b]); a string field keeps the text as typed ("on", "007").
+        try:
+            return _convert(tp, yaml.safe_load(value), source, key)
+        except (ConfigError, yaml.YAMLError):
+            if tp is str or str in typing.get_args(tp):
+                return str(value)
+            raise _type_error(tp, str(value), source, key) from None
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):

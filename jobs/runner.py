@@ -1,0 +1,456 @@
+"""`jobs`: the command line that runs each step of the pipeline, in the image or on a bare host.
+
+Every job records itself in `runs/<run>/job.json` (see `jobs/jobfile.py`).
+Problems the user can fix print one `error:` line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from jobs.config import JobConfig
+from jobs.jobfile import EXIT_STOPPED, JobFile, read_history, read_job
+from trainer.config import load_config
+from trainer.errors import UserError
+
+app = typer.Typer(
+    help="Train a Llama-style model from raw text: tokenizer, data, benchmark, train, eval, export.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+console = Console(stderr=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: configs/train.yaml).")]
+SetOpt = Annotated[
+    Optional[list[str]], typer.Option("--set", "-s", help="Override a key: [bold]--set train.lr=3e-4[/] (repeatable).")
+]
+SmokeOpt = Annotated[bool, typer.Option("--smoke", help="The tiny CPU config (configs/smoke.yaml) in its own run folder.")]
+
+
+def load(config: Path | None, sets: list[str] | None, smoke: bool) -> JobConfig:
+    if smoke and config:
+        raise UserError("--smoke uses configs/smoke.yaml; pass either --smoke or --config")
+    cfg = load_config(JobConfig, "smoke.yaml" if smoke else (config or "train.yaml"), sets or [])
+    if smoke and not cfg.train.run_name.startswith("smoke"):
+        cfg.train.run_name = f"smoke-{cfg.train.run_name}"  # a smoke run never lands in a real run's folder
+    return cfg
+
+
+def run_dir(cfg: JobConfig) -> Path:
+    return Path(cfg.train.runs_dir) / cfg.train.run_name
+
+
+def fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def run_job(name: str, cfg: JobConfig, body: Callable[[], str | None], record: bool = True) -> None:
+    """Run `body` as job `name`: job.json before and after, clean errors, exit codes.
+
+    `body` returns the final state ("succeeded" when it returns None).
+    """
+    job = JobFile(run_dir(cfg), name, [Path(sys.argv[0]).name, *sys.argv[1:]]).start() if record else None
+    try:
+        state = body() or "succeeded"
+    except UserError as e:
+        if job:
+            job.finish("failed", 2, str(e))
+        fail(str(e))
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        if job:
+            job.finish("stopped", 130, "interrupted")
+        fail("interrupted")
+        raise typer.Exit(130) from None
+    except BaseException as e:  # a bug: record it, then let the traceback through
+        if job and not isinstance(e, typer.Exit):
+            job.finish("failed", 1, f"{type(e).__name__}: {e}")
+        raise
+    code = EXIT_STOPPED if state == "stopped" else 0
+    if job:
+        job.finish(state, code)
+    if code:
+        raise typer.Exit(code)
+
+
+# --- data ------------------------------------------------------------------------
+
+
+@app.command("demo-corpus")
+def demo_corpus(
+    out: Annotated[Path, typer.Option(help="Where to write the raw demo sources.")] = Path("data/raw"),
+) -> None:
+    """Write a small offline corpus (from Python's own docs) in the C4, Wikipedia and PG-19 record formats."""
+    from jobs.demo_corpus import build_demo_corpus
+
+    try:
+        build_demo_corpus(out)
+    except UserError as e:
+        fail(str(e))
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def tokenizer(config: ConfigOpt = None, set_: SetOpt = None, smoke: SmokeOpt = False) -> None:
+    """Train the SentencePiece BPE tokenizer on a sample of the source mix."""
+    from jobs.tokenizer import train_tokenizer
+
+    cfg = load_or_exit(config, set_, smoke)
+    run_job("tokenizer", cfg, lambda: train_tokenizer(cfg) and None)
+
+
+@app.command()
+def prepare(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    smoke: SmokeOpt = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted prepare from its progress checkpoint.")] = False,
+) -> None:
+    """Stream, filter, deduplicate and tokenize the sources into train.bin / val.bin."""
+    from jobs.prepare import run_prepare
+
+    cfg = load_or_exit(config, set_, smoke)
+    run_job("prepare", cfg, lambda: run_prepare(cfg, resume=resume) and None)
+
+
+@app.command("sync-data")
+def sync_data(
+    direction: Annotated[str, typer.Argument(help="pull (Hub -> data/) or push (data/ -> Hub).")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    smoke: SmokeOpt = False,
+) -> None:
+    """Move pre-tokenized data between data/ and a Hugging Face dataset repo (token from HF_TOKEN)."""
+    from jobs import hub
+
+    if direction not in ("pull", "push"):
+        fail(f"sync-data takes 'pull' or 'push', not {direction!r}")
+        raise typer.Exit(2)
+    cfg = load_or_exit(config, set_, smoke)
+    run_job(f"sync-data-{direction}", cfg, lambda: getattr(hub, direction)(cfg) and None)
+
+
+# --- model -----------------------------------------------------------------------
+
+
+@app.command()
+def benchmark(config: ConfigOpt = None, set_: SetOpt = None, smoke: SmokeOpt = False) -> None:
+    """Time the exact training step; write runs/throughput.json with tokens/s, MFU and the projected cost."""
+    from trainer import cost
+
+    cfg = load_or_exit(config, set_, smoke)
+
+    def body() -> None:
+        n = gpu_count()
+        result = cost.benchmark(cfg, cost.throughput_path(cfg), num_processes=n)
+        mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] is not None else ""
+        print(
+            f"{result['device']}: {result['tokens_per_s']:,.0f} tokens/s per process{mfu}; "
+            f"{result['target_tokens'] / 1e9:.2f}B tokens on {n} process(es) = {result['projected_hours']:.2f} h, "
+            f"${result['projected_cost']:.2f} at ${cfg.cost.hourly_rate:.2f}/h -> {cost.throughput_path(cfg)}"
+        )
+
+    run_job("benchmark", cfg, body)
+
+
+def gpu_count() -> int:
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    smoke: SmokeOpt = False,
+    resume: Annotated[
+        Optional[str], typer.Option(help="'latest' or a checkpoint folder to continue from exactly.")
+    ] = None,
+    stop_at: Annotated[Optional[int], typer.Option(help="Checkpoint and stop after this step (the schedule is unchanged).")] = None,
+    num_processes: Annotated[Optional[int], typer.Option(help="Processes (one per GPU); default: every GPU.")] = None,
+) -> None:
+    """Train (one process per GPU through accelerate launch), after the cost guard and the overfit check."""
+    from trainer import cost
+    from trainer.train import train as train_loop
+
+    cfg = load_or_exit(config, set_, smoke)
+    if os.environ.get("WORLD_SIZE"):  # a worker started by accelerate launch: just train
+        run_job("train", cfg, lambda: train_loop(cfg, resume=resume, stop_at=stop_at).state, record=False)
+        return
+    n = num_processes or gpu_count()
+
+    def body() -> str:
+        prepare_run_dir(cfg, resume, smoke)
+        cost.guard(cfg, num_processes=n)
+        if n == 1:
+            return train_loop(cfg, resume=resume, stop_at=stop_at).state
+        return launch_workers(n)
+
+    run_job("train", cfg, body)
+
+
+def prepare_run_dir(cfg: JobConfig, resume: str | None, smoke: bool) -> None:
+    """A fresh start never overwrites a real run's checkpoints; a smoke run may replace an old smoke run."""
+    ckpts = run_dir(cfg) / "checkpoints"
+    if resume or not ckpts.is_dir() or not any(ckpts.iterdir()):
+        return
+    if not smoke:
+        raise UserError(
+            f"{run_dir(cfg)} already has checkpoints: pass --resume to continue it, "
+            "or --set train.run_name=NEW to start another run"
+        )
+    shutil.rmtree(ckpts)
+
+
+def launch_workers(n: int) -> str:
+    """Re-run this command under `accelerate launch`, one worker per GPU; forward SIGTERM to them."""
+    argv = [a for i, a in enumerate(sys.argv[1:]) if a != "--num-processes" and sys.argv[i] != "--num-processes"]
+    argv = [a for a in argv if not a.startswith("--num-processes=")]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), "-m", "jobs.runner", *argv]
+    proc = subprocess.Popen(cmd)
+    stopped = False
+
+    def forward(signum, frame) -> None:
+        nonlocal stopped
+        stopped = True
+        proc.send_signal(signal.SIGTERM)
+
+    old = signal.signal(signal.SIGTERM, forward)
+    try:
+        code = proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    if stopped:
+        return "stopped"
+    if code:
+        raise UserError(f"training workers exited with code {code} (see the log above)")
+    return "succeeded"
+
+
+@app.command("eval")
+def evaluate(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    smoke: SmokeOpt = False,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default: final, else best, else latest).")] = None,
+) -> None:
+    """Val loss and perplexity on fixed val windows, fixed-prompt samples, eval.json and loss.png."""
+    cfg = load_or_exit(config, set_, smoke)
+    run_job("eval", cfg, lambda: run_eval(cfg, checkpoint))
+
+
+def run_eval(cfg: JobConfig, folder: Path | None) -> None:
+    import torch
+    from accelerate import Accelerator
+
+    from trainer import checkpoint
+    from trainer.checks import load_tokenizer, samples
+    from trainer.data import TokenData
+    from trainer.evaluate import eval_summary, plot_metrics, val_loss
+    from trainer.fileio import atomic_write_json
+    from trainer.model import Llama
+    from trainer.train import mixed_precision
+
+    ckpts = run_dir(cfg) / "checkpoints"
+    folder = folder or next((ckpts / n for n in ("final", "best") if (ckpts / n).is_dir()), None) or checkpoint.latest(ckpts)
+    if folder is None:
+        raise UserError(f"no checkpoint in {ckpts}: train first, or pass --checkpoint")
+    accelerator = Accelerator(mixed_precision=mixed_precision(cfg))
+    data = TokenData(cfg.data.dir, cfg.model.vocab_size, cfg.model.seq_len)
+    sp = load_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size, data.meta)
+    model = Llama(cfg.model)
+    checkpoint.load_weights(folder, model)
+    model = model.to(accelerator.device)
+    state = checkpoint.read_state(folder)
+    t = cfg.train
+    loss = val_loss(model, data, t.eval_batches * t.micro_batch_size, t.micro_batch_size, accelerator)
+    with accelerator.autocast(), torch.no_grad():
+        pairs = samples(model, sp, t.sample, accelerator.device)
+    summary = eval_summary(loss, state["step"], state["tokens"], pairs, str(folder))
+    atomic_write_json(run_dir(cfg) / "eval.json", summary)
+    plot = plot_metrics(run_dir(cfg))
+    for prompt, text in pairs:
+        print(f"[{prompt}]{text}")
+    print(f"val loss {loss:.4f}, perplexity {summary['perplexity']:.2f} at step {state['step']} "
+          f"-> {run_dir(cfg) / 'eval.json'}" + (f", {plot}" if plot else ""))
+
+
+# --- the whole pipeline ------------------------------------------------------------------
+
+
+@app.command()
+def pipeline(config: ConfigOpt = None, set_: SetOpt = None, smoke: SmokeOpt = False) -> None:
+    """tokenizer -> prepare -> benchmark -> train -> eval, skipping a step whose outputs exist and verify."""
+    cfg = load_or_exit(config, set_, smoke)
+    record = JobFile(run_dir(cfg), "pipeline", [Path(sys.argv[0]).name, *sys.argv[1:]])
+    base = ["--smoke"] if smoke else (["--config", str(config)] if config else [])
+    base += [x for s in (set_ or []) for x in ("--set", s)]
+    steps = [
+        ("tokenizer", ["tokenizer"], tokenizer_done),
+        ("prepare", ["prepare"], prepare_done),
+        ("benchmark", ["benchmark"], benchmark_done),
+        ("train", ["train", "--resume", "latest"] if has_checkpoint(cfg) else ["train"], train_done),
+        ("eval", ["eval"], eval_done),
+    ]
+
+    def body() -> str:
+        for name, args, done in steps:
+            entry = {"name": name, "started_at": time.time()}
+            record.record.steps.append(entry)
+            if done(cfg):
+                entry.update(state="skipped", ended_at=time.time())
+                record.write()
+                console.print(f"[green]✓[/] {name}: outputs exist and verify, skipped")
+                continue
+            record.write()
+            console.rule(f"[bold]{name}")
+            # Each step is its own `jobs` process, exactly as a user would run it.
+            code = subprocess.call([sys.executable, "-m", "jobs.runner", *args, *base])
+            entry.update(state="succeeded" if code == 0 else "failed", exit_code=code, ended_at=time.time())
+            record.write()
+            if code == EXIT_STOPPED:
+                return "stopped"
+            if code:
+                raise UserError(f"pipeline step '{name}' failed with exit code {code}")
+        console.print(f"[bold green]pipeline done[/]: outputs in {run_dir(cfg)}")
+        return "succeeded"
+
+    # The steps overwrite job.json with their own records; the pipeline's goes back on top after each.
+    record.start()
+    try:
+        state = body()
+    except UserError as e:
+        record.finish("failed", 2, str(e))
+        fail(str(e))
+        raise typer.Exit(2) from None
+    record.finish(state, EXIT_STOPPED if state == "stopped" else 0)
+    if state == "stopped":
+        raise typer.Exit(EXIT_STOPPED)
+
+
+def tokenizer_done(cfg: JobConfig) -> bool:
+    from jobs.tokenizer import tokenizer_is_valid
+
+    return tokenizer_is_valid(cfg)
+
+
+def prepare_done(cfg: JobConfig) -> bool:
+    from jobs.prepare import data_is_valid
+
+    return data_is_valid(cfg)
+
+
+def benchmark_done(cfg: JobConfig) -> bool:
+    from trainer import cost
+
+    path = cost.throughput_path(cfg)
+    if not path.is_file():
+        return False
+    measured = json.loads(path.read_text())
+    return measured.get("device") == cost.device_name() and measured.get("config_hash") == cost.bench_hash(cfg)
+
+
+def has_checkpoint(cfg: JobConfig) -> bool:
+    from trainer import checkpoint
+
+    return checkpoint.latest(run_dir(cfg) / "checkpoints") is not None
+
+
+def train_done(cfg: JobConfig) -> bool:
+    from trainer import checkpoint
+
+    final = run_dir(cfg) / "checkpoints" / "final"
+    return final.is_dir() and checkpoint.read_state(final)["step"] >= cfg.train.max_steps
+
+
+def eval_done(cfg: JobConfig) -> bool:
+    out = run_dir(cfg) / "eval.json"
+    final = run_dir(cfg) / "checkpoints" / "final" / "state.json"
+    return out.is_file() and final.is_file() and out.stat().st_mtime >= final.stat().st_mtime
+
+
+# --- status ------------------------------------------------------------------------
+
+
+@app.command()
+def status(
+    run: Annotated[Optional[str], typer.Argument(help="Run name (default: every run under runs/).")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where the runs are.")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts (the launcher reads this).")] = False,
+) -> None:
+    """The state of a run's jobs: the current one from job.json and the history."""
+    from trainer.evaluate import read_metrics
+
+    names = [run] if run else sorted(p.name for p in runs_dir.iterdir() if (p / "job.json").exists()) if runs_dir.is_dir() else []
+    report = {}
+    for name in names:
+        folder = runs_dir / name
+        job = read_job(folder)
+        if job is None:
+            fail(f"no job.json in {folder}")
+            raise typer.Exit(2)
+        trains = [m for m in read_metrics(folder) if m.get("kind") == "train"]
+        report[name] = {"job": job, "history": read_history(folder), "last_metrics": trains[-1] if trains else None}
+    if as_json:
+        print(json.dumps(report[run] if run else report, indent=2))
+        return
+    table = Table(title="jobs")
+    for col in ("run", "job", "state", "started", "took", "exit", "step", "loss"):
+        table.add_column(col)
+    for name, r in report.items():
+        rows = r["history"] + ([r["job"]] if r["job"]["state"] == "running" else [])
+        for job in rows or [r["job"]]:
+            took = (job["ended_at"] or time.time()) - job["started_at"]
+            last = r["last_metrics"] if job is rows[-1] and job["job"] == "train" else None
+            table.add_row(
+                name, job["job"], style_state(job["state"]),
+                time.strftime("%m-%d %H:%M", time.localtime(job["started_at"])), f"{took / 60:.1f} min",
+                "" if job["exit_code"] is None else str(job["exit_code"]),
+                str(last["step"]) if last else "", f"{last['loss']:.4f}" if last else "",
+            )
+    Console().print(table)
+
+
+def style_state(state: str) -> str:
+    colour = {"running": "yellow", "succeeded": "green", "failed": "red", "stopped": "magenta"}.get(state, "white")
+    return f"[{colour}]{state}[/]"
+
+
+def load_or_exit(config: Path | None, sets: list[str] | None, smoke: bool) -> JobConfig:
+    try:
+        return load(config, sets, smoke)
+    except UserError as e:
+        fail(str(e))
+        raise typer.Exit(2) from None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The training loop: learning, checkpoints, exact resume, signals, sanity checks."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from trainer import checkpoint
+from trainer.checks import SanityCheckError
+from trainer.evaluate import read_metrics
+from trainer.train import lr_factor, train
+
+
+def train_losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if r["kind"] == "train"}
+
+
+def test_loss_falls_and_outputs_are_written(workdir):
+    res = train(tiny_config("train.max_steps=30", "train.eval_interval=15", "train.log_interval=5"))
+    assert res.state == "succeeded" and res.step == 30
+    losses = train_losses(res.run_dir)
+    assert losses[30] < losses[5] - 0.3, losses
+    run = res.run_dir
+    assert (run / "checkpoints" / "final" / "model.safetensors").is_file()
+    assert (run / "checkpoints" / "best" / "state.json").is_file()
+    assert (run / "loss.png").stat().st_size > 1000
+    samples = (run / "fixed_prompt_samples.txt").read_text()
+    assert samples.count("=== step") == 2 and "[Once upon a time]" in samples
+    evals = [r for r in read_metrics(run) if r["kind"] == "eval"]
+    assert [e["step"] for e in evals] == [15, 30]
+    assert res.tokens == 30 * 8 * 2 * 32
+
+
+def test_keeps_last_k_checkpoints(workdir):
+    res = train(tiny_config("train.max_steps=12", "train.checkpoint_interval=2", "train.keep_last=2"))
+    names = sorted(p.name for p in (res.run_dir / "checkpoints").iterdir())
+    assert names == ["best", "final", "step_000008", "step_000010"]
+
+
+def test_resume_is_exact(workdir):
+    straight = train(tiny_config("train.run_name=straight", "train.max_steps=10", "train.checkpoint_interval=100"))
+    first = train(tiny_config("train.run_name=split", "train.max_steps=10", "train.checkpoint_interval=100"), stop_at=5)
+    assert first.state == "succeeded" and first.step == 5
+    second = train(tiny_config("train.run_name=split", "train.max_steps=10", "train.checkpoint_interval=100"),
+                   resume="latest")
+    assert second.step == 10
+    a, b = train_losses(straight.run_dir), train_losses(second.run_dir)
+    assert sorted(b) == list(range(1, 11))
+    for s in range(1, 11):
+        assert abs(a[s] - b[s]) < 1e-6, (s, a[s], b[s])
+    wa = checkpoint.read_state(straight.run_dir / "checkpoints" / "final")
+    wb = checkpoint.read_state(second.run_dir / "checkpoints" / "final")
+    assert wa["tokens"] == wb["tokens"]
+
+
+def test_sigterm_saves_and_stops(workdir):
+    cfg = tiny_config("train.max_steps=100000", "train.checkpoint_interval=100000", "train.eval_interval=100000",
+                      "train.overfit_check.enabled=false")
+    timer = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    timer.start()
+    res = train(cfg)
+    timer.cancel()
+    assert res.state == "stopped" and 0 < res.step < 100000
+    ckpt = checkpoint.latest(res.run_dir / "checkpoints")
+    assert checkpoint.read_state(ckpt)["step"] == res.step
+
+
+def test_overfit_check_fails_on_a_model_that_cannot_learn(workdir):
+    with pytest.raises(SanityCheckError, match="overfit check failed"):
+        train(tiny_config("train.lr=0.0", "train.min_lr=0.0"))
+
+
+def test_overfit_check_leaves_the_run_untouched(workdir):
+    """Same losses with and without the check: it trained a copy."""
+    on = train(tiny_config("train.run_name=on", "train.max_steps=3"))
+    off = train(tiny_config("train.run_name=off", "train.max_steps=3", "train.overfit_check.enabled=false"))
+    assert train_losses(on.run_dir) == train_losses(off.run_dir)
+
+
+def test_lr_schedule_warmup_then_cosine_to_min():
+    t = tiny_config("train.warmup_steps=10", "train.max_steps=110", "train.lr=1e-3", "train.min_lr=1e-4").train
+    lrs = [t.lr * lr_factor(s, t) for s in range(120)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert lrs[60] == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lrs[110] == pytest.approx(1e-4) and lrs[119] == pytest.approx(1e-4)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))

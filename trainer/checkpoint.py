@@ -1,0 +1,117 @@
+"""Checkpoints that resume exactly and are never seen half-written.
+
+A checkpoint is a folder `step_000123/` holding `model.safetensors`,
+`optimizer.pt`, `trainer_state.pt` (scheduler and RNG states) and
+`state.json` (step, tokens seen, best val loss, the config). It is written
+as `.step_000123.tmp/` and renamed, so a crash mid-write leaves nothing
+that looks like a checkpoint. `best/` and `final/` are written the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+from trainer.errors import UserError
+from trainer.fileio import atomic_write_json
+
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: dict[str, Any],
+) -> Path:
+    """Write a checkpoint folder atomically; `model` is the unwrapped module."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))  # drops the tied lm_head duplicate
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save({"scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "trainer_state.pt")
+    atomic_write_json(tmp / "state.json", state)
+    old = folder.with_name(f".{folder.name}.old")
+    if folder.exists():  # best/ and final/ are replaced: keep the old one until the new is in place
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def read_state(folder: Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / "state.json").read_text())
+
+
+def load_weights(folder: Path, model: torch.nn.Module) -> None:
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        raise UserError(f"{folder} is not a checkpoint (no model.safetensors)")
+    missing, unexpected = load_model(model, str(path), strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]  # tied to embed.weight
+    if missing or unexpected:
+        raise UserError(f"{path} does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def load(
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict[str, Any]:
+    folder = Path(folder)
+    load_weights(folder, model)
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+    extra = torch.load(folder / "trainer_state.pt", map_location="cpu", weights_only=False)
+    scheduler.load_state_dict(extra["scheduler"])
+    set_rng_state(extra["rng"])
+    return read_state(folder)
+
+
+def step_folders(ckpt_dir: Path) -> list[Path]:
+    """Complete `step_*` checkpoints, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest(ckpt_dir: Path) -> Path | None:
+    """The checkpoint with the most steps behind it, `final/` included."""
+    candidates = step_folders(ckpt_dir)
+    final = ckpt_dir / "final"
+    if final.is_dir():
+        candidates.append(final)
+    return max(candidates, key=lambda p: read_state(p)["step"], default=None)
+
+
+def prune(ckpt_dir: Path, keep_last: int) -> None:
+    for old in step_folders(ckpt_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old)

@@ -1,0 +1,115 @@
+"""Sanity checks: can the model learn at all, and what does it say so far.
+
+The overfit check trains a deep copy of the model on a few fixed windows
+before the main loop: a model, optimizer or data bug that keeps the loss
+from falling shows up in seconds instead of after a night of renting.
+Because it trains a copy, the run's own weights and optimizer are untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import sentencepiece as spm
+import torch
+
+from trainer.config import OverfitCheckConfig, SampleConfig
+from trainer.errors import DataError, UserError
+from trainer.model import Llama
+
+
+class SanityCheckError(UserError):
+    pass
+
+
+def overfit_check(
+    model: Llama,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    cfg: OverfitCheckConfig,
+    lr: float,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+) -> tuple[float, float]:
+    """Train a copy on one fixed batch for `cfg.steps`; the loss must fall by `cfg.min_drop`."""
+    probe = copy.deepcopy(model).train()
+    opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr if cfg.lr is not None else lr, weight_decay=0.0)
+    losses = []
+    for _ in range(cfg.steps):
+        with autocast():
+            loss = probe(inputs, targets)[1]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    del probe, opt
+    first, last = losses[0], min(losses[-3:])
+    drop = 1 - last / first
+    if drop < cfg.min_drop:
+        raise SanityCheckError(
+            f"overfit check failed: loss went {first:.3f} -> {last:.3f} on {len(inputs)} fixed windows in "
+            f"{cfg.steps} steps (a {drop:.0%} drop, need {cfg.min_drop:.0%}); the model cannot learn: "
+            "check lr, the data and the model config"
+        )
+    return first, last
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_tokenizer(path: str | Path, vocab_size: int, data_meta: dict | None = None) -> spm.SentencePieceProcessor:
+    """The tokenizer, checked against the model and the data it tokenized."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"tokenizer {path} not found: run `jobs tokenizer` or `jobs sync-data pull`")
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    if sp.vocab_size() != vocab_size:
+        raise DataError(f"tokenizer {path} has {sp.vocab_size()} pieces, the model's vocab_size is {vocab_size}")
+    expected = (data_meta or {}).get("tokenizer_sha256")
+    if expected and sha256_file(path) != expected:
+        raise DataError(f"tokenizer {path} is not the one the data was tokenized with (sha256 differs from data_meta.json)")
+    return sp
+
+
+@torch.no_grad()
+def samples(model: Llama, sp: spm.SentencePieceProcessor, cfg: SampleConfig, device: torch.device) -> list[tuple[str, str]]:
+    """(prompt, continuation) for each fixed prompt; greedy unless the config says otherwise."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(0)
+    out = []
+    for prompt in cfg.prompts:
+        # Documents are written as tokens + EOS, so "a new document starts" is an EOS before it.
+        ids = [sp.eos_id()] + sp.encode(prompt)
+        idx = torch.tensor([ids], device=device)
+        full = model.generate(
+            idx,
+            cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            repetition_penalty=cfg.repetition_penalty,
+            eos_id=sp.eos_id() if sp.eos_id() >= 0 else None,
+            generator=gen,
+        )
+        out.append((prompt, sp.decode(full[0, len(ids) :].tolist())))
+    model.train(was_training)
+    return out
+
+
+def append_samples(path: Path, step: int, pairs: list[tuple[str, str]]) -> None:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    with open(path, "a") as f:
+        f.write(f"=== step {step} ({stamp}) ===\n")
+        for prompt, text in pairs:
+            f.write(f"[{prompt}]{text}\n")
+        f.write("\n")

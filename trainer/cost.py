@@ -1,0 +1,183 @@
+"""Throughput, MFU and the cost guard.
+
+`benchmark()` times the exact training step the run will take (same model,
+precision, compile, micro-batch, sequence length, accumulation) and writes
+`runs/throughput.json`. `guard()` turns that into a projected bill for the
+run and refuses to start one that would cost more than `cost.max_cost`.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from trainer.config import Config, config_hash
+from trainer.errors import UserError
+from trainer.fileio import atomic_write_json, read_json
+
+# Dense bf16 tensor-core peak (no sparsity), TFLOP/s, from the vendors' datasheets.
+PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100 SXM": 989.0,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 756.0,  # an unnamed H100 variant: assume the slower PCIe part
+    "GH200": 989.0,
+    "B200": 2250.0,
+    "A100": 312.0,
+    "A800": 312.0,
+    "L40S": 362.0,
+    "L40": 181.0,
+    "L4": 121.0,
+    "A10G": 70.0,
+    "A10": 125.0,
+    "RTX 6000 Ada": 364.0,
+    "RTX A6000": 155.0,
+    "RTX 5090": 209.0,
+    "RTX 4090": 165.0,
+    "RTX 3090": 71.0,
+    "V100": 125.0,  # fp16; V100 has no bf16
+    "T4": 65.0,  # fp16
+}
+
+
+class CostError(UserError):
+    pass
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def peak_flops(name: str, override_tflops: float | None = None) -> float | None:
+    """Peak FLOP/s for a device name such as 'NVIDIA H100 80GB HBM3', None when unknown."""
+    if override_tflops:
+        return override_tflops * 1e12
+    for key in sorted(PEAK_TFLOPS, key=len, reverse=True):
+        if key.lower() in name.lower():
+            return PEAK_TFLOPS[key] * 1e12
+    if "H100" in name and "HBM3" in name:  # SXM boards report HBM3 in their name
+        return PEAK_TFLOPS["H100 SXM"] * 1e12
+    return None
+
+
+def bench_hash(cfg: Config) -> str:
+    """What the throughput depends on; a benchmark of anything else does not count."""
+    t = cfg.train
+    return config_hash(cfg.model, t.precision, t.compile, t.micro_batch_size, t.grad_accum_steps)
+
+
+def run_tokens(cfg: Config, num_processes: int) -> int:
+    per_step = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * cfg.model.seq_len * num_processes
+    return cfg.cost.target_tokens or cfg.train.max_steps * per_step
+
+
+@dataclass
+class Projection:
+    tokens: int
+    tokens_per_s: float
+    hours: float
+    cost: float
+
+
+def project(cfg: Config, tokens_per_s_per_process: float, num_processes: int) -> Projection:
+    tokens = run_tokens(cfg, num_processes)
+    tps = tokens_per_s_per_process * num_processes  # DDP scales close to linearly at this size
+    hours = tokens / tps / 3600
+    return Projection(tokens, tps, hours, hours * cfg.cost.hourly_rate)
+
+
+def benchmark(cfg: Config, out: Path | None = None, num_processes: int = 1) -> dict:
+    """Time optimizer steps of the training configuration on random tokens."""
+    from trainer.train import build_training  # the same builders the loop uses
+
+    accelerator, model, optimizer = build_training(cfg, single_process=True)
+    mb, T, accum = cfg.train.micro_batch_size, cfg.model.seq_len, cfg.train.grad_accum_steps
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, cfg.model.vocab_size, (mb, T + 1), generator=gen).to(accelerator.device)
+    inputs, targets = x[:, :-1], x[:, 1:]
+
+    def step() -> None:
+        for _ in range(accum):
+            loss = model(inputs, targets)[1]
+            accelerator.backward(loss / accum)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(cfg.cost.benchmark_warmup):  # compile and allocator warm-up
+        step()
+    sync = torch.cuda.synchronize if accelerator.device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(cfg.cost.benchmark_steps):
+        step()
+    sync()
+    elapsed = time.perf_counter() - t0
+    tokens_per_s = cfg.cost.benchmark_steps * accum * mb * T / elapsed
+
+    name = device_name()
+    peak = peak_flops(name, cfg.cost.peak_tflops)
+    flops = accelerator.unwrap_model(model).flops_per_token(T)
+    proj = project(cfg, tokens_per_s, num_processes)
+    result = {
+        "device": name,
+        "config_hash": bench_hash(cfg),
+        "precision": cfg.train.precision,
+        "compile": cfg.train.compile,
+        "micro_batch_size": mb,
+        "seq_len": T,
+        "num_params": accelerator.unwrap_model(model).num_params(),
+        "flops_per_token": flops,
+        "tokens_per_s": tokens_per_s,
+        "mfu": tokens_per_s * flops / peak if peak else None,
+        "peak_flops": peak,
+        "num_processes": num_processes,
+        "target_tokens": proj.tokens,
+        "hourly_rate": cfg.cost.hourly_rate,
+        "projected_hours": proj.hours,
+        "projected_cost": proj.cost,
+        "measured_at": time.time(),
+    }
+    del model, optimizer
+    if out is not None:
+        atomic_write_json(out, result)
+    return result
+
+
+def throughput_path(cfg: Config) -> Path:
+    return Path(cfg.train.runs_dir) / "throughput.json"
+
+
+def guard(cfg: Config, num_processes: int = 1, log=print) -> Projection | None:
+    """Refuse to train when the projected cost is above `max_cost`.
+
+    A throughput.json from another device or configuration is not trusted:
+    the benchmark runs again first (the guard is never silently skipped).
+    """
+    if cfg.cost.max_cost is None:
+        log("cost guard: cost.max_cost is not set, no budget to enforce")
+        return None
+    path = throughput_path(cfg)
+    measured = read_json(path) if path.is_file() else None
+    if not measured or measured.get("device") != device_name() or measured.get("config_hash") != bench_hash(cfg):
+        why = "missing" if not measured else "measured on another device or configuration"
+        log(f"cost guard: {path} is {why}; benchmarking this configuration first")
+        measured = benchmark(cfg, path, num_processes)
+    proj = project(cfg, measured["tokens_per_s"], num_processes)
+    summary = (
+        f"{proj.tokens / 1e9:.2f}B tokens at {proj.tokens_per_s:,.0f} tokens/s = {proj.hours:.1f} h "
+        f"x ${cfg.cost.hourly_rate:.2f}/h = ${proj.cost:.2f}"
+    )
+    if proj.cost > cfg.cost.max_cost:
+        raise CostError(
+            f"projected cost ${proj.cost:.2f} exceeds max_cost ${cfg.cost.max_cost:.2f} ({summary}); "
+            "lower train.max_steps, rent a cheaper GPU or raise cost.max_cost"
+        )
+    log(f"cost guard: {summary}, within max_cost ${cfg.cost.max_cost:.2f}")
+    return proj

@@ -1,0 +1,265 @@
+"""The training loop, under Hugging Face accelerate, one process per GPU.
+
+One optimizer step = `grad_accum_steps` micro-batches on every process.
+The LR schedule is stepped once per optimizer step by this loop (it is not
+handed to `accelerator.prepare`, which would step it once per process and
+run the schedule N times too fast on N GPUs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from trainer import checkpoint
+from trainer.checks import append_samples, load_tokenizer, overfit_check, samples
+from trainer.config import Config, ConfigError, TrainConfig, to_dict
+from trainer.cost import device_name, peak_flops
+from trainer.data import TokenData
+from trainer.errors import UserError
+from trainer.evaluate import plot_metrics, val_loss
+from trainer.model import Llama
+
+
+def mixed_precision(cfg: Config) -> str:
+    p = cfg.train.precision
+    if p not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {p!r}")
+    if p == "auto":
+        return "bf16" if torch.cuda.is_available() else "no"
+    return "bf16" if p == "bf16" else "no"
+
+
+def lr_factor(step: int, t: TrainConfig) -> float:
+    """Linear warmup to `lr`, then cosine down to `min_lr` at `max_steps`."""
+    if step < t.warmup_steps:
+        return (step + 1) / t.warmup_steps
+    floor = t.min_lr / t.lr if t.lr > 0 else 0.0
+    progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: Llama, t: TrainConfig, fused: bool) -> torch.optim.AdamW:
+    # Decay the matrices only: norms' gains are scales, decaying them to 0 hurts.
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused)
+
+
+def build_training(cfg: Config, single_process: bool = False) -> tuple[Accelerator, torch.nn.Module, torch.optim.Optimizer]:
+    """The accelerator, the prepared (and maybe compiled) model and its optimizer."""
+    # cpu=True is what makes accelerate pick gloo for several CPU processes.
+    accelerator = Accelerator(mixed_precision=mixed_precision(cfg), cpu=not torch.cuda.is_available())
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+    torch.manual_seed(cfg.train.seed)  # every rank starts from the same weights
+    model = Llama(cfg.model)
+    optimizer = make_optimizer(model, cfg.train, fused=accelerator.device.type == "cuda")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if cfg.train.compile:
+        model = torch.compile(model)  # after DDP wrapping, so DDP can split graphs at its buckets
+    return accelerator, model, optimizer
+
+
+@dataclass
+class TrainResult:
+    state: str  # "succeeded" or "stopped"
+    step: int
+    tokens: int
+    run_dir: Path
+    last_loss: float | None
+    best_val_loss: float | None
+
+
+class StopFlag:
+    """SIGTERM (a preempted instance, `docker stop`) or Ctrl-C: finish the step, checkpoint, exit."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._old = {}
+
+    def __enter__(self) -> "StopFlag":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.raised and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C means now
+        self.raised = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def agreed(self, accelerator: Accelerator) -> bool:
+        """Every rank must stop at the same step, or DDP would hang."""
+        if accelerator.num_processes == 1:
+            return self.raised
+        flag = torch.tensor([float(self.raised)], device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="max").item())
+
+
+def format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    h, rem = divmod(int(seconds), 3600)
+    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+def run_dir_of(cfg: Config) -> Path:
+    return Path(cfg.train.runs_dir) / cfg.train.run_name
+
+
+def train(cfg: Config, resume: str | None = None, stop_at: int | None = None) -> TrainResult:
+    """Train until `max_steps` (or `stop_at`, or a signal); `resume` is "latest" or a checkpoint folder."""
+    t, T = cfg.train, cfg.model.seq_len
+    run_dir = run_dir_of(cfg)
+    ckpt_dir = run_dir / "checkpoints"
+    accelerator, model, optimizer = build_training(cfg)
+    raw: Llama = accelerator.unwrap_model(model)
+    main = accelerator.is_main_process
+    device = accelerator.device
+
+    data = TokenData(cfg.data.dir, cfg.model.vocab_size, T)
+    sp = load_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size, data.meta)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, t=t))
+
+    step, tokens, best = 0, 0, math.inf
+    if resume:
+        folder = checkpoint.latest(ckpt_dir) if resume == "latest" else Path(resume)
+        if folder is None or not folder.is_dir():
+            raise UserError(f"--resume: no checkpoint found at {folder or ckpt_dir}")
+        state = checkpoint.load(folder, raw, optimizer, scheduler)
+        step, tokens, best = state["step"], state["tokens"], state.get("best_val_loss") or math.inf
+        accelerator.print(f"resumed from {folder} at step {step} ({tokens:,} tokens)")
+    elif main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("metrics.jsonl", "fixed_prompt_samples.txt"):
+            (run_dir / stale).unlink(missing_ok=True)  # a fresh run starts fresh logs
+    accelerator.wait_for_everyone()
+
+    if t.overfit_check.enabled and not resume:
+        n = t.overfit_check.batch_size
+        x, y = data.windows(data.train, data.train_starts(t.seed, 0, n), device)
+        first, last = overfit_check(raw, x, y, t.overfit_check, t.lr, accelerator.autocast)
+        accelerator.print(f"overfit check: loss {first:.3f} -> {last:.3f} in {t.overfit_check.steps} steps, ok")
+
+    per_rank = t.micro_batch_size * t.grad_accum_steps
+    global_batch = per_rank * accelerator.num_processes
+    flops = raw.flops_per_token(T)
+    peak = peak_flops(device_name(), cfg.cost.peak_tflops)
+    end = min(t.max_steps, stop_at) if stop_at else t.max_steps
+    rank = accelerator.process_index
+    metrics = open(run_dir / "metrics.jsonl", "a") if main else None
+
+    def say(line: str) -> None:
+        if main:
+            tqdm.write(line)
+
+    def log(record: dict) -> None:
+        if metrics:
+            metrics.write(json.dumps({**record, "time": time.time()}) + "\n")
+            metrics.flush()
+
+    def save(name: str) -> None:
+        if main:
+            state = {
+                "step": step,
+                "tokens": tokens,
+                "best_val_loss": best if math.isfinite(best) else None,
+                "data": {"seed": t.seed, "next_step": step, "global_batch": global_batch},
+                "num_processes": accelerator.num_processes,
+                "config": to_dict(cfg),
+                "time": time.time(),
+            }
+            checkpoint.save(ckpt_dir / name, raw, optimizer, scheduler, state)
+            checkpoint.prune(ckpt_dir, t.keep_last)
+        accelerator.wait_for_everyone()
+
+    def evaluate_now() -> float:
+        nonlocal best
+        loss = val_loss(model, data, t.eval_batches * t.micro_batch_size, t.micro_batch_size, accelerator)
+        log({"kind": "eval", "step": step, "tokens": tokens, "val_loss": loss})
+        if main:
+            with accelerator.autocast():
+                append_samples(run_dir / "fixed_prompt_samples.txt", step, samples(raw, sp, t.sample, device))
+            say(f"eval  step {step} | val loss {loss:.4f} | ppl {math.exp(min(loss, 50)):.1f}")
+        if loss < best:
+            best = loss
+            save("best")
+        return loss
+
+    model.train()
+    bar = tqdm(total=end, initial=step, disable=not main or not sys.stderr.isatty(), unit="step", dynamic_ncols=True, desc=t.run_name)
+    loss_sum = torch.zeros((), device=device)
+    window_steps, window_start, last_loss, state = 0, time.perf_counter(), None, "succeeded"
+    with StopFlag() as stop:
+        while step < end:
+            starts = data.train_starts(t.seed, step, global_batch)[rank * per_rank : (rank + 1) * per_rank]
+            for micro in range(t.grad_accum_steps):
+                x, y = data.windows(data.train, starts[micro * t.micro_batch_size : (micro + 1) * t.micro_batch_size], device)
+                # Gradients are averaged across processes once, on the last micro-batch.
+                sync = nullcontext() if micro == t.grad_accum_steps - 1 else accelerator.no_sync(model)
+                with sync:
+                    loss = model(x, y)[1]
+                    accelerator.backward(loss / t.grad_accum_steps)
+                loss_sum += loss.detach() / t.grad_accum_steps
+            if t.grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens += global_batch * T
+            window_steps += 1
+            bar.update(1)
+
+            if step % t.log_interval == 0 or step == end:
+                last_loss = accelerator.reduce(loss_sum, reduction="mean").item() / window_steps
+                elapsed = time.perf_counter() - window_start
+                tps = window_steps * global_batch * T / elapsed
+                mfu = tps * flops / (peak * accelerator.num_processes) if peak else None
+                eta = (end - step) * elapsed / window_steps
+                lr = scheduler.get_last_lr()[0]
+                log({"kind": "train", "step": step, "loss": last_loss, "lr": lr, "tokens": tokens,
+                     "tokens_per_s": tps, "mfu": mfu, "eta_s": eta})
+                mfu_txt = f" | mfu {mfu:.1%}" if mfu is not None else ""
+                say(f"step {step:>6}/{t.max_steps} | loss {last_loss:.4f} | lr {lr:.2e} | "
+                          f"{tps:,.0f} tok/s{mfu_txt} | eta {format_eta(eta)}")
+                loss_sum.zero_()
+                window_steps, window_start = 0, time.perf_counter()
+
+            if step % t.eval_interval == 0 or step == t.max_steps:
+                evaluate_now()
+            if step % t.checkpoint_interval == 0 and step < t.max_steps:
+                save(f"step_{step:06d}")
+            if stop.agreed(accelerator):
+                state = "stopped"
+                break
+    bar.close()
+
+    if step >= t.max_steps:
+        save("final")
+    elif not (ckpt_dir / f"step_{step:06d}").exists():
+        save(f"step_{step:06d}")  # stopped early: leave something to resume from
+    if main:
+        metrics.close()
+        plot_metrics(run_dir)
+        val = f", best val loss {best:.4f}" if math.isfinite(best) else ""
+        last = f"loss {last_loss:.4f}" if last_loss is not None else "no step taken"
+        print(f"{state}: step {step}/{t.max_steps}, {tokens:,} tokens, {last}{val}; checkpoints in {ckpt_dir}")
+    return TrainResult(state, step, tokens, run_dir, last_loss, best if math.isfinite(best) else None)
