@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from trainer.config import Config, load_config
+from jobs.config import JobConfig
+from trainer.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 VOCAB = 384
@@ -63,10 +64,10 @@ def workdir(tiny_data, tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def tiny_config(*extra: str) -> Config:
+def tiny_config(*extra: str) -> JobConfig:
     """The smoke config shrunk further for unit tests, on the tiny data."""
     sets = [f"model.vocab_size={VOCAB}", "model.seq_len=32", "train.max_steps=12", "train.log_interval=1",
             "train.eval_interval=6", "train.checkpoint_interval=4", "train.eval_batches=2",
             "train.overfit_check.steps=20", "train.warmup_steps=2"]
     sets += list(extra)
-    return load_config(Config, REPO / "configs" / "smoke.yaml", sets)
+    return load_config(JobConfig, REPO / "configs" / "smoke.yaml", sets)

@@ -128,7 +128,10 @@ def resolve_config_path(path: str | Path) -> Path:
 
 
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A YAML mapping with its `base:` chain merged under it."""
+    """A YAML mapping with its `base:` chain merged under it.
+
+    `base` is relative to the file, else one of the bundled configs.
+    """
     p = resolve_config_path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
@@ -145,7 +148,10 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base = data.pop("base", None)
     if base is None:
         return data
-    return deep_merge(read_yaml(p.parent / base, _seen + (p.resolve(),)), data)
+    base_path = p.parent / base
+    if not base_path.exists():  # a bare name may also mean one of the bundled configs
+        base_path = resolve_config_path(base)
+    return deep_merge(read_yaml(base_path, _seen + (p.resolve(),)), data)
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -161,14 +167,14 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...], source: 
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+            raise ConfigError(f"{source}: --set {item!r}: expected dotted.key=value")
         value = Override(raw)
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: '{part}' is not a section ({source})")
+                raise ConfigError(f"{source}: --set {key}: '{part}' is not a section")
         node[leaf] = value
     return data
 

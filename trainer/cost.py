@@ -23,6 +23,7 @@ from trainer.fileio import atomic_write_json, read_json
 PEAK_TFLOPS = {
     "H200": 989.0,
     "H100 SXM": 989.0,
+    "H100 80GB HBM3": 989.0,  # how the SXM board names itself
     "H100 NVL": 835.0,
     "H100 PCIe": 756.0,
     "H100": 756.0,  # an unnamed H100 variant: assume the slower PCIe part
@@ -62,8 +63,6 @@ def peak_flops(name: str, override_tflops: float | None = None) -> float | None:
     for key in sorted(PEAK_TFLOPS, key=len, reverse=True):
         if key.lower() in name.lower():
             return PEAK_TFLOPS[key] * 1e12
-    if "H100" in name and "HBM3" in name:  # SXM boards report HBM3 in their name
-        return PEAK_TFLOPS["H100 SXM"] * 1e12
     return None
 
 

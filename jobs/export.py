@@ -1,0 +1,107 @@
+"""Our checkpoint as a `transformers` LlamaForCausalLM.
+
+The architectures are the same; only the names differ, and our fused q/k/v
+and gate/up matrices are split back into Llama's separate projections.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from trainer import checkpoint
+from trainer.errors import UserError
+from trainer.model import Llama, ModelConfig
+
+
+def hf_config(cfg: ModelConfig):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.ffn_dim,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.seq_len,
+        rms_norm_eps=cfg.rms_eps,
+        rope_theta=cfg.rope_theta,
+        tie_word_embeddings=cfg.tie_embeddings,
+        attention_bias=False,
+        mlp_bias=False,
+        hidden_act="silu",
+        unk_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
+
+
+def hf_state_dict(model: Llama) -> dict[str, torch.Tensor]:
+    cfg = model.cfg
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    out = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight}
+    for i, block in enumerate(model.blocks):
+        p = f"model.layers.{i}."
+        wq, wk, wv = block.attn.qkv.weight.split([q, kv, kv])
+        gate, up = block.ffn.gate_up.weight.split(cfg.ffn_dim)
+        out |= {
+            p + "self_attn.q_proj.weight": wq,
+            p + "self_attn.k_proj.weight": wk,
+            p + "self_attn.v_proj.weight": wv,
+            p + "self_attn.o_proj.weight": block.attn.out.weight,
+            p + "mlp.gate_proj.weight": gate,
+            p + "mlp.up_proj.weight": up,
+            p + "mlp.down_proj.weight": block.ffn.down.weight,
+            p + "input_layernorm.weight": block.attn_norm.weight,
+            p + "post_attention_layernorm.weight": block.ffn_norm.weight,
+        }
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = model.lm_head.weight
+    return {k: v.detach().contiguous().clone() for k, v in out.items()}
+
+
+def to_hf(model: Llama):
+    """A LlamaForCausalLM holding exactly our weights (fp32)."""
+    from transformers import LlamaForCausalLM
+
+    hf = LlamaForCausalLM(hf_config(model.cfg))
+    missing, unexpected = hf.load_state_dict(hf_state_dict(model), strict=False)
+    missing = [k for k in missing if k != "lm_head.weight" or not model.cfg.tie_embeddings]
+    if missing or unexpected:
+        raise RuntimeError(f"weight mapping is incomplete: missing {missing}, unexpected {unexpected}")
+    hf.tie_weights()
+    return hf.eval()
+
+
+def export(checkpoint_dir: Path, out: Path, model_cfg: ModelConfig, tokenizer: Path | None) -> Path:
+    """Write config.json + model.safetensors (and the tokenizer) that `from_pretrained` loads."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise UserError("export needs transformers: pip install transformers") from None
+    model = Llama(model_cfg)
+    checkpoint.load_weights(checkpoint_dir, model)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    to_hf(model).save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def save_tokenizer(spm_model: Path, out: Path) -> None:
+    from transformers import LlamaTokenizer
+
+    if not spm_model.is_file():
+        raise UserError(f"tokenizer {spm_model} not found")
+    tok = LlamaTokenizer(vocab_file=str(spm_model), add_bos_token=False, add_eos_token=False, legacy=False,
+                         unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tok.save_pretrained(out)

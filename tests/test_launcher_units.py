@@ -1,0 +1,214 @@
+"""The launcher's parts that need no SSH host: config, state file, and the Vast client against the API stand-in."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import time
+
+import pytest
+
+from launcher.cli import main
+from launcher.config import LauncherConfig, VastConfig, load_launcher_config
+from launcher.providers.base import Instance
+from launcher.providers.vast import VastProvider, api_key, ssh_endpoint
+from launcher.state import JobInfo, Record, SSHTarget, State
+from trainer.config import ConfigError
+from trainer.errors import UserError
+from vast_server import VastStandIn, offer
+
+
+@pytest.fixture
+def vast(tmp_path, monkeypatch):
+    stand_in = VastStandIn(authorized_keys=tmp_path / "authorized_keys", ssh_port=2222)
+    monkeypatch.setenv("VAST_URL", stand_in.url)
+    monkeypatch.setenv("VAST_API_KEY", stand_in.api_key)
+    yield stand_in
+    stand_in.close()
+
+
+def provider(**cfg) -> VastProvider:
+    return VastProvider(VastConfig(poll_interval_s=0.01, ready_timeout_s=5, **cfg), public_key="ssh-ed25519 AAAAtest k", key_file="/k")
+
+
+class Ledger:
+    def __init__(self):
+        self.created: list[Instance] = []
+        self.destroyed: list[Instance] = []
+
+
+def run_cli(capfd, *args) -> tuple[int, str, str]:
+    capfd.readouterr()
+    argv, sys.argv = sys.argv, ["launcher", *args]
+    try:
+        with pytest.raises(SystemExit) as e:
+            main()
+    finally:
+        sys.argv = argv
+    out, err = capfd.readouterr()
+    return e.value.code, out, err
+
+
+# --- config --------------------------------------------------------------------------
+
+
+def test_bundled_config_loads_and_bad_keys_are_one_line_exit_2(tmp_path, capfd, monkeypatch):
+    cfg = load_launcher_config(None)
+    assert cfg.remote.workdir == "/workspace" and cfg.remote.jobs_command == "jobs" and cfg.vast.gpu_names
+    with pytest.raises(ConfigError, match="unknown key 'vast.gpu'"):
+        load_launcher_config(None, ["vast.gpu=H100"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("provider: aws\n")
+    with pytest.raises(ConfigError, match="provider must be vast, colab or ssh"):
+        load_launcher_config(bad)
+    bad.write_text("vast:\n  max_dph: cheap\n")
+    monkeypatch.setenv("LAUNCHER_CONFIG", str(bad))
+    code, _, err = run_cli(capfd, "ls")
+    assert code == 2
+    assert err.strip().startswith("error:") and "'vast.max_dph' must be float" in err and "Traceback" not in err
+
+
+def test_up_rejects_a_bad_training_config_before_renting_anything(tmp_path, capfd, vast, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    code, _, err = run_cli(capfd, "up", "-o", f"state_dir={tmp_path}/state", "--set", "train.lr=fast")
+    assert code == 2 and "'train.lr' must be float" in err
+    assert not any(m == "PUT" for m, _, _ in vast.requests)
+
+
+# --- state ------------------------------------------------------------------------------
+
+
+def test_state_round_trips_atomically_with_0600_and_ssh_files(tmp_path):
+    state = State(tmp_path / "st")
+    rec = Record(name="a", provider="vast", label="llm-forge-a-1", workdir="/w", jobs_command="jobs", tmux_socket="s",
+                 instance_id="42", price_per_hour=0.3,
+                 ssh=SSHTarget(host="1.2.3.4", port=2200, key_file="/k", host_key="ssh-ed25519 AAAAC3Nza"),
+                 job=JobInfo(job="train", run="smoke", session="train"))
+    state.put(rec)
+    state.put(Record(name="b", provider="ssh", label="l", workdir="/w", jobs_command="jobs", tmux_socket="s"))
+    assert stat.S_IMODE(state.path.stat().st_mode) == 0o600
+    assert state.get("a") == rec and set(state.load()) == {"a", "b"}
+    assert not [p for p in state.dir.iterdir() if p.name.endswith(".tmp")]
+    conf = state.write_ssh_files(rec).read_text()
+    assert "HostKeyAlias llm-forge-a" in conf and "StrictHostKeyChecking yes" in conf and "Port 2200" in conf
+    assert state.known_hosts_path("a").read_text() == "llm-forge-a ssh-ed25519 AAAAC3Nza\n"
+    state.remove("a")
+    state.remove("a")  # idempotent
+    assert set(state.load()) == {"b"}
+    state.path.write_text("{not json")
+    with pytest.raises(UserError, match="unreadable launcher state"):
+        state.load()
+
+
+# --- the Vast client against the stand-in -------------------------------------------------
+
+
+def test_key_from_env_else_vast_cli_key_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("VAST_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    with pytest.raises(UserError, match="no Vast API key"):
+        api_key()
+    (tmp_path / ".config" / "vastai").mkdir(parents=True)
+    (tmp_path / ".config" / "vastai" / "vast_api_key").write_text("abc123\n")
+    assert api_key() == "abc123"
+    monkeypatch.setenv("VAST_API_KEY", "fromenv")
+    assert api_key() == "fromenv"
+
+
+def test_offers_are_filtered_and_ordered_and_429s_are_retried(vast):
+    vast.offers.append(offer(104, 14, "H100 SXM", 2.9))
+    vast.offers.append(offer(105, 15, reliability=0.5))
+    vast.rate_limit_next = 3  # Vast's 429s come in bursts
+    p = provider(gpu_names=["RTX 4090", "RTX 3090", "H100 SXM"], max_dph=1.0)
+    found = p.find()
+    assert [o.id for o in found] == ["103", "101", "102"]  # cheapest first; too dear and unreliable left out
+    assert vast.rate_limited == 3
+    _, _, query = next(r for r in vast.requests if r[1] == "/api/v0/bundles/")
+    assert query["type"] == "on-demand" and query["verified"] == {"eq": True} and query["rented"] == {"eq": False}
+    assert query["dph_total"] == {"lte": 1.0} and query["gpu_name"] == {"in": ["RTX 4090", "RTX 3090", "H100 SXM"]}
+
+
+def test_bad_key_is_a_clear_user_error(vast, monkeypatch):
+    monkeypatch.setenv("VAST_API_KEY", "wrong")
+    with pytest.raises(UserError, match="Vast rejected the API key \\(auth_error\\)"):
+        provider().find()
+
+
+def test_create_sends_the_documented_fields_and_interruptible_always_sends_a_price(vast):
+    p = provider(interruptible=True, image="me/llm-forge:0.1.0", disk_gb=80)
+    o = p.find()[0]
+    inst = p.create(o, "llm-forge-t-1")
+    _, path, body = next(r for r in vast.requests if r[0] == "PUT")
+    assert path == f"/api/v0/asks/{o.id}/"
+    assert body["client_id"] == "me" and body["runtype"] == "ssh" and body["image"] == "me/llm-forge:0.1.0"
+    assert body["disk"] == 80 and body["label"] == "llm-forge-t-1" and isinstance(body["env"], dict)
+    assert body["price"] == pytest.approx(o.min_bid * 1.05)
+    assert vast.instances[int(inst.id)]["is_bid"]
+    assert "ssh-ed25519 AAAAtest k" in vast.ssh_keys  # attached to the instance
+
+
+def test_an_ambiguous_create_is_looked_up_by_label_not_retried(vast):
+    vast.hang_up_after_create = True
+    p = provider()
+    inst = p.create(p.find()[0], "llm-forge-amb-1")
+    assert inst.id is not None and inst.label == "llm-forge-amb-1"
+    assert sum(1 for m, _, _ in vast.requests if m == "PUT") == 1 and len(vast.instances) == 1
+
+
+def test_statuses_advance_to_running_and_the_ssh_endpoint_comes_from_one_source(vast):
+    vast.polls_per_status = 2
+    p = provider()
+    inst = p.create(p.find()[0], "llm-forge-w-1")
+    target = p.wait_ready(inst.id)
+    assert (target.host, target.port, target.user) == ("127.0.0.1", 2222, "root")
+    assert ssh_endpoint({"public_ipaddr": "5.6.7.8", "ports": {"22/tcp": [{"HostPort": "41022"}]},
+                         "ssh_host": "ssh4.vast.ai", "ssh_port": 30022}) == ("5.6.7.8", 41022)
+    assert ssh_endpoint({"public_ipaddr": "5.6.7.8", "ports": {}, "ssh_host": "ssh4.vast.ai", "ssh_port": 30022}) == ("ssh4.vast.ai", 30022)
+    assert ssh_endpoint({"actual_status": "loading"}) is None
+
+
+def test_stuck_in_loading_is_destroyed_and_one_other_machine_is_tried(vast):
+    vast.stick_at = "loading"
+    p = provider(ready_timeout_s=0.3)
+    ledger = Ledger()
+    ledger_api = type("L", (), {"created": ledger.created.append, "destroyed": ledger.destroyed.append})()
+    with pytest.raises(UserError, match="no instance became reachable.*loading"):
+        p.provision("llm-forge-stuck-1", ledger_api)
+    assert len(ledger.created) == 2 and len(ledger.destroyed) == 2  # two offers, two machines, both destroyed
+    machines = {vast.offers[[o["id"] for o in vast.offers].index(int(r[1].split("/")[4]))]["machine_id"]
+                for r in vast.requests if r[0] == "PUT"}
+    assert len(machines) == 2
+    assert vast.instances == {}
+
+
+def test_exited_never_becomes_running(vast):
+    vast.end_at = "exited"
+    p = provider(try_other_offer=False)
+    ledger = type("L", (), {"created": lambda self, i: None, "destroyed": lambda self, i: None})()
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match="exited.*container exited"):
+        p.provision("llm-forge-ex-1", ledger)
+    assert time.monotonic() - t0 < 3  # no waiting out the timeout
+    assert vast.instances == {}
+
+
+def test_destroy_is_idempotent_and_list_keeps_only_our_labels(vast):
+    p = provider()
+    offers = p.find()
+    ours = p.create(offers[0], "llm-forge-x-1")
+    vast.instances[9999] = dict(vast.instances[int(ours.id)], id=9999, label="someone-else")
+    assert [i.id for i in p.list()] == [ours.id]
+    assert p.destroy(ours.id) is True
+    assert p.destroy(ours.id) is False  # no_such_instance: already gone
+    assert p.get(ours.id) is None
+
+
+def test_launcher_config_dataclass_defaults_match_the_bundled_yaml():
+    # configs/launcher.yaml documents every default; it may pick other GPU names and prices.
+    bundled, defaults = load_launcher_config(None), LauncherConfig()
+    assert bundled.remote == defaults.remote and bundled.job == defaults.job and bundled.pull == defaults.pull
+    assert json.dumps(sorted(vars(bundled.vast))) == json.dumps(sorted(vars(defaults.vast)))
+    assert os.path.basename(bundled.ssh_key) == "llm-forge_ed25519"

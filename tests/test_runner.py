@@ -1,0 +1,129 @@
+"""The `jobs` CLI: job.json states, exit codes, clean errors, signals, multi-process training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import VOCAB
+
+TINY = ["--set", f"model.vocab_size={VOCAB}", "--set", "model.seq_len=32", "--set", "train.eval_interval=10",
+        "--set", "train.overfit_check.steps=15", "--set", "train.log_interval=1"]
+
+
+def jobs(*args, cwd, check=None, **kw):
+    proc = subprocess.run([sys.executable, "-m", "jobs.runner", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, **kw)
+    if check is not None:
+        assert proc.returncode == check, proc.stdout + proc.stderr
+    return proc
+
+
+def job_json(workdir, run="smoke"):
+    return json.loads((workdir / "runs" / run / "job.json").read_text())
+
+
+def losses(workdir, run):
+    lines = (workdir / "runs" / run / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"}
+
+
+def test_bad_config_is_one_line_and_exit_2(workdir):
+    p = jobs("train", "--smoke", "--set", "train.lrr=1", cwd=workdir, check=2)
+    assert p.stderr.strip().startswith("error:") and "unknown key 'train.lrr'" in p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = jobs("train", "--smoke", "--config", "configs/train.yaml", cwd=workdir, check=2)
+    assert "either --smoke or --config" in p.stderr
+
+
+def test_missing_data_fails_the_job_with_exit_2(workdir):
+    (workdir / "data" / "train.bin").unlink()
+    p = jobs("train", "--smoke", *TINY, cwd=workdir, check=2)
+    assert "train.bin not found" in p.stderr and "Traceback" not in p.stderr
+    job = job_json(workdir)
+    assert job["state"] == "failed" and job["exit_code"] == 2 and "train.bin not found" in job["error"]
+
+
+def test_train_eval_status_and_no_overwrite(workdir):
+    p = jobs("train", "--smoke", *TINY, "--set", "train.max_steps=10", cwd=workdir, check=0)
+    assert "succeeded: step 10/10" in p.stdout
+    job = job_json(workdir)
+    assert job["state"] == "succeeded" and job["exit_code"] == 0 and job["job"] == "train"
+    assert job["command"][1:3] == ["train", "--smoke"] and job["pid"] > 0 and job["ended_at"] >= job["started_at"]
+
+    p = jobs("eval", "--smoke", *TINY, cwd=workdir, check=0)
+    ev = json.loads((workdir / "runs" / "smoke" / "eval.json").read_text())
+    assert ev["step"] == 10 and ev["perplexity"] == pytest.approx(2.718281828 ** ev["val_loss"], rel=1e-6)
+    assert [s["prompt"] for s in ev["samples"]][0] == "The meaning of life is"
+    assert "val loss" in p.stdout
+
+    st = json.loads(jobs("status", "smoke", "--json", cwd=workdir, check=0).stdout)
+    assert [h["job"] for h in st["history"]] == ["train", "eval"] and st["job"]["job"] == "eval"
+    assert st["last_metrics"]["step"] == 10
+    assert "succeeded" in jobs("status", cwd=workdir, check=0).stdout
+
+    # a real (non-smoke) run with checkpoints is never restarted over
+    jobs("train", "--smoke", *TINY, "--set", "train.max_steps=2", cwd=workdir, check=0)
+    os.rename(workdir / "runs" / "smoke", workdir / "runs" / "real")
+    cfg = workdir / "real.yaml"
+    cfg.write_text("base: smoke.yaml\ntrain:\n  run_name: real\n")
+    before = sorted(p.name for p in (workdir / "runs" / "real" / "checkpoints").iterdir())
+    p = jobs("train", "--config", str(cfg), *TINY, cwd=workdir, check=2)
+    assert "already has checkpoints: pass --resume" in p.stderr
+    assert sorted(p.name for p in (workdir / "runs" / "real" / "checkpoints").iterdir()) == before
+
+
+def test_sigterm_stops_with_a_checkpoint_then_resume_continues(workdir):
+    args = ["train", "--smoke", *TINY, "--set", "train.max_steps=400", "--set", "train.checkpoint_interval=1000",
+            "--set", "train.eval_interval=1000", "--set", "train.overfit_check.enabled=false"]
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.runner", *args], cwd=workdir, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    metrics = workdir / "runs" / "smoke" / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    assert job_json(workdir)["state"] == "running"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out
+    job = job_json(workdir)
+    assert job["state"] == "stopped" and job["exit_code"] == 143
+    stopped_at = max(losses(workdir, "smoke"))
+    assert 3 <= stopped_at < 400
+    assert (workdir / "runs" / "smoke" / "checkpoints" / f"step_{stopped_at:06d}" / "model.safetensors").is_file()
+
+    args[args.index("train.max_steps=400")] = f"train.max_steps={stopped_at + 5}"
+    p = jobs(*args, "--resume", "latest", cwd=workdir, check=0)
+    assert f"resumed from" in p.stdout and job_json(workdir)["state"] == "succeeded"
+    assert max(losses(workdir, "smoke")) == stopped_at + 5
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(workdir):
+    """2 gloo processes with accumulation A reach the losses of 1 process with 2A: same global batch."""
+    common = ["train", "--smoke", *TINY, "--set", "train.max_steps=6", "--set", "train.overfit_check.enabled=false",
+              "--set", "train.micro_batch_size=4"]
+    jobs(*common, "--set", "train.run_name=smoke-one", "--set", "train.grad_accum_steps=4", cwd=workdir, check=0)
+    p = jobs(*common, "--set", "train.run_name=smoke-two", "--set", "train.grad_accum_steps=2",
+             "--num-processes", "2", cwd=workdir, check=0)
+    one, two = losses(workdir, "smoke-one"), losses(workdir, "smoke-two")
+    assert sorted(two) == list(range(1, 7))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], abs=1e-5), step
+    assert one[6] < one[1]
+    state = json.loads((workdir / "runs" / "smoke-two" / "checkpoints" / "final" / "state.json").read_text())
+    assert state["num_processes"] == 2 and state["tokens"] == 6 * 4 * 4 * 32
+    # the schedule ran once per optimizer step, not once per process
+    lr = {json.loads(x)["step"]: json.loads(x)["lr"] for x in
+          (workdir / "runs" / "smoke-two" / "metrics.jsonl").read_text().splitlines() if '"train"' in x}
+    one_lr = {json.loads(x)["step"]: json.loads(x)["lr"] for x in
+              (workdir / "runs" / "smoke-one" / "metrics.jsonl").read_text().splitlines() if '"train"' in x}
+    assert lr == one_lr
+    assert job_json(workdir, "smoke-two")["state"] == "succeeded"
+    assert p.stdout.count("succeeded: step 6/6") == 1  # only the main process reports
