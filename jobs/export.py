@@ -6,6 +6,7 @@ and gate/up matrices are split back into Llama's separate projections.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -98,10 +99,33 @@ def export(checkpoint_dir: Path, out: Path, model_cfg: ModelConfig, tokenizer: P
 
 
 def save_tokenizer(spm_model: Path, out: Path) -> None:
-    from transformers import LlamaTokenizer
+    """tokenizer.json + tokenizer_config.json that AutoTokenizer loads without sentencepiece.
+
+    transformers builds the fast tokenizer from the SentencePiece proto
+    (normalizer, byte fallback, pieces and merges), once, here.
+    """
+    from transformers import AutoTokenizer
 
     if not spm_model.is_file():
         raise UserError(f"tokenizer {spm_model} not found")
-    tok = LlamaTokenizer(vocab_file=str(spm_model), add_bos_token=False, add_eos_token=False, legacy=False,
-                         unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    tok.save_pretrained(out)
+    staging = out.with_name(f".{out.name}.spm")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copy(spm_model, staging / "tokenizer.model")
+    (staging / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG))
+    try:
+        AutoTokenizer.from_pretrained(staging).save_pretrained(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+TOKENIZER_CONFIG = {
+    "tokenizer_class": "TokenizersBackend",  # built from the proto, so our normalizer settings carry over
+    "add_bos_token": False,  # documents were tokenized as pieces + EOS, with no BOS
+    "add_eos_token": False,
+    "legacy": False,
+    "unk_token": "<unk>",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "pad_token": "<pad>",
+}

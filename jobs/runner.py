@@ -275,10 +275,7 @@ def run_eval(cfg: JobConfig, folder: Path | None) -> None:
     from trainer.model import Llama
     from trainer.train import mixed_precision
 
-    ckpts = run_dir(cfg) / "checkpoints"
-    folder = folder or next((ckpts / n for n in ("final", "best") if (ckpts / n).is_dir()), None) or checkpoint.latest(ckpts)
-    if folder is None:
-        raise UserError(f"no checkpoint in {ckpts}: train first, or pass --checkpoint")
+    folder = folder or default_checkpoint(cfg)
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg))
     data = TokenData(cfg.data.dir, cfg.model.vocab_size, cfg.model.seq_len)
     sp = load_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size, data.meta)
@@ -297,6 +294,37 @@ def run_eval(cfg: JobConfig, folder: Path | None) -> None:
         print(f"[{prompt}]{text}")
     print(f"val loss {loss:.4f}, perplexity {summary['perplexity']:.2f} at step {state['step']} "
           f"-> {run_dir(cfg) / 'eval.json'}" + (f", {plot}" if plot else ""))
+
+
+@app.command()
+def export(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    smoke: SmokeOpt = False,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default: final, else best, else latest).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: runs/<run>/hf).")] = None,
+) -> None:
+    """Write a transformers LlamaForCausalLM (config.json, model.safetensors) and its tokenizer."""
+    from jobs.export import export as export_model
+
+    cfg = load_or_exit(config, set_, smoke)
+
+    def body() -> None:
+        folder = checkpoint or default_checkpoint(cfg)
+        target = export_model(folder, out or run_dir(cfg) / "hf", cfg.model, Path(cfg.data.tokenizer))
+        print(f"exported {folder} -> {target} (load with AutoModelForCausalLM.from_pretrained)")
+
+    run_job("export", cfg, body)
+
+
+def default_checkpoint(cfg: JobConfig) -> Path:
+    from trainer import checkpoint
+
+    ckpts = run_dir(cfg) / "checkpoints"
+    folder = next((ckpts / n for n in ("final", "best") if (ckpts / n).is_dir()), None) or checkpoint.latest(ckpts)
+    if folder is None:
+        raise UserError(f"no checkpoint in {ckpts}: train first, or pass --checkpoint")
+    return folder
 
 
 # --- the whole pipeline ------------------------------------------------------------------
@@ -336,7 +364,7 @@ def pipeline(config: ConfigOpt = None, set_: SetOpt = None, smoke: SmokeOpt = Fa
                 return "stopped"
             if code:
                 raise UserError(f"pipeline step '{name}' failed with exit code {code}")
-        console.print(f"[bold green]pipeline done[/]: outputs in {run_dir(cfg)}")
+        print_outputs(cfg)
         return "succeeded"
 
     # The steps overwrite job.json with their own records; the pipeline's goes back on top after each.
@@ -350,6 +378,28 @@ def pipeline(config: ConfigOpt = None, set_: SetOpt = None, smoke: SmokeOpt = Fa
     record.finish(state, EXIT_STOPPED if state == "stopped" else 0)
     if state == "stopped":
         raise typer.Exit(EXIT_STOPPED)
+
+
+def print_outputs(cfg: JobConfig) -> None:
+    from trainer import cost
+
+    run = run_dir(cfg)
+    table = Table(title=f"pipeline done: {cfg.train.run_name}", title_justify="left")
+    table.add_column("what")
+    table.add_column("where")
+    for what, path in [
+        ("tokenizer", Path(cfg.data.tokenizer)),
+        ("token data", Path(cfg.data.dir) / "data_meta.json"),
+        ("throughput", cost.throughput_path(cfg)),
+        ("checkpoints", run / "checkpoints"),
+        ("metrics", run / "metrics.jsonl"),
+        ("samples", run / "fixed_prompt_samples.txt"),
+        ("evaluation", run / "eval.json"),
+        ("loss plot", run / "loss.png"),
+    ]:
+        if path.exists():
+            table.add_row(what, str(path))
+    console.print(table)
 
 
 def tokenizer_done(cfg: JobConfig) -> bool:

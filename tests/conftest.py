@@ -35,7 +35,8 @@ def tiny_data(tmp_path_factory) -> Path:
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(docs), model_writer=model, vocab_size=VOCAB, model_type="bpe",
-        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=3, minloglevel=2,
+        byte_fallback=True, split_digits=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True, unk_id=0, bos_id=1, eos_id=2, pad_id=3, minloglevel=2,
     )
     (root / "tokenizer" / "spm.model").write_bytes(model.getvalue())
     sp = spm.SentencePieceProcessor(model_proto=model.getvalue())

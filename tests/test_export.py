@@ -1,0 +1,45 @@
+"""`jobs export`: what transformers loads is our model, token for token."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import sentencepiece as spm
+import torch
+
+from conftest import VOCAB, stdlib_text
+from trainer import checkpoint
+from trainer.model import Llama, ModelConfig
+
+
+def test_export_loads_in_transformers_with_same_logits_generation_and_ids(workdir):
+    tiny = ["--set", f"model.vocab_size={VOCAB}", "--set", "model.seq_len=32", "--set", "train.max_steps=8",
+            "--set", "train.overfit_check.enabled=false"]
+    for job in ("train", "export"):
+        p = subprocess.run([sys.executable, "-m", "jobs.runner", job, "--smoke", *tiny], cwd=workdir,
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+    out = workdir / "runs" / "smoke" / "hf"
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = ModelConfig(vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=160, seq_len=32)
+    ours = Llama(cfg).eval()
+    checkpoint.load_weights(workdir / "runs" / "smoke" / "checkpoints" / "final", ours)
+    theirs = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    idx = torch.randint(0, VOCAB, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (ours(idx)[0] - theirs(idx).logits).abs().max().item() < 1e-4
+        prompt = idx[:1, :8]
+        mine = ours.generate(prompt, 12)
+        hf = theirs.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=3)
+    assert mine.tolist() == hf.tolist()
+
+    sp = spm.SentencePieceProcessor(model_file=str(workdir / "tokenizer" / "spm.model"))
+    tok = AutoTokenizer.from_pretrained(out)
+    texts = stdlib_text()[:40] + ["Hello world, 12345 tabs\tand  two spaces\nnew line", "ünïcödé 日本 🙂"]
+    for text in texts:
+        assert tok.encode(text, add_special_tokens=False) == sp.encode(text), text[:40]
+    assert tok.eos_token_id == 2 and tok.pad_token_id == 3
