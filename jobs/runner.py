@@ -270,7 +270,8 @@ def run_eval(cfg: JobConfig, folder: Path | None) -> None:
     from trainer import checkpoint
     from trainer.checks import load_tokenizer, samples
     from trainer.data import TokenData
-    from trainer.evaluate import eval_summary, plot_metrics, val_loss
+    from jobs.report import write_report
+    from trainer.evaluate import eval_summary, val_loss
     from trainer.fileio import atomic_write_json
     from trainer.model import Llama
     from trainer.train import mixed_precision
@@ -289,11 +290,11 @@ def run_eval(cfg: JobConfig, folder: Path | None) -> None:
         pairs = samples(model, sp, t.sample, accelerator.device)
     summary = eval_summary(loss, state["step"], state["tokens"], pairs, str(folder))
     atomic_write_json(run_dir(cfg) / "eval.json", summary)
-    plot = plot_metrics(run_dir(cfg))
+    report = write_report(run_dir(cfg), cfg.cost.hourly_rate, model.num_params())
     for prompt, text in pairs:
         print(f"[{prompt}]{text}")
     print(f"val loss {loss:.4f}, perplexity {summary['perplexity']:.2f} at step {state['step']} "
-          f"-> {run_dir(cfg) / 'eval.json'}" + (f", {plot}" if plot else ""))
+          f"-> {run_dir(cfg) / 'eval.json'}, {report}")
 
 
 @app.command()
@@ -396,6 +397,7 @@ def print_outputs(cfg: JobConfig) -> None:
         ("samples", run / "fixed_prompt_samples.txt"),
         ("evaluation", run / "eval.json"),
         ("loss plot", run / "loss.png"),
+        ("report", run / "report.md"),
     ]:
         if path.exists():
             table.add_row(what, str(path))

@@ -62,6 +62,9 @@ def test_train_eval_status_and_no_overwrite(workdir):
     assert ev["step"] == 10 and ev["perplexity"] == pytest.approx(2.718281828 ** ev["val_loss"], rel=1e-6)
     assert [s["prompt"] for s in ev["samples"]][0] == "The meaning of life is"
     assert "val loss" in p.stdout
+    report = (workdir / "runs" / "smoke" / "report.md").read_text()
+    assert "| tokens | 5,120 |" in report and "![loss and throughput](loss.png)" in report
+    assert "training cost | $0.00" in report and "**The meaning of life is**" in report
 
     st = json.loads(jobs("status", "smoke", "--json", cwd=workdir, check=0).stdout)
     assert [h["job"] for h in st["history"]] == ["train", "eval"] and st["job"]["job"] == "eval"
