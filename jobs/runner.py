@@ -59,14 +59,31 @@ def fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 
 
+class Terminated(BaseException):
+    """SIGTERM outside the training loop's own handler."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
 def run_job(name: str, cfg: JobConfig, body: Callable[[], str | None], record: bool = True) -> None:
     """Run `body` as job `name`: job.json before and after, clean errors, exit codes.
 
     `body` returns the final state ("succeeded" when it returns None).
     """
-    job = JobFile(run_dir(cfg), name, [Path(sys.argv[0]).name, *sys.argv[1:]]).start() if record else None
+    # Until training installs its own graceful handler, SIGTERM ends the job as "stopped".
+    signal.signal(signal.SIGTERM, raise_terminated)
+    job = None
     try:
+        if record:
+            job = JobFile(run_dir(cfg), name, [Path(sys.argv[0]).name, *sys.argv[1:]]).start()
         state = body() or "succeeded"
+    except Terminated:
+        if job:
+            job.finish("stopped", EXIT_STOPPED, "terminated")
+        fail("terminated")
+        raise typer.Exit(EXIT_STOPPED) from None
     except UserError as e:
         if job:
             job.finish("failed", 2, str(e))
@@ -443,6 +460,24 @@ def eval_done(cfg: JobConfig) -> bool:
     out = run_dir(cfg) / "eval.json"
     final = run_dir(cfg) / "checkpoints" / "final" / "state.json"
     return out.is_file() and final.is_file() and out.stat().st_mtime >= final.stat().st_mtime
+
+
+@app.command("budget-guard")
+def budget_guard(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    smoke: SmokeOpt = False,
+    since: Annotated[Optional[float], typer.Option(help="When billing started (Unix time); default: the job's start.")] = None,
+    poll: Annotated[float, typer.Option(help="Seconds between checks.")] = 30.0,
+) -> None:
+    """Beside a running job: SIGTERM it (checkpoint, stop) once hours x cost.hourly_rate reaches cost.max_cost."""
+    from jobs.guard import guard
+
+    cfg = load_or_exit(config, set_, smoke)
+    if cfg.cost.max_cost is None:
+        fail("cost.max_cost is not set: there is no budget to guard")
+        raise typer.Exit(2)
+    guard(run_dir(cfg), cfg.cost.hourly_rate, cfg.cost.max_cost, since=since, poll_s=poll)
 
 
 # --- status ------------------------------------------------------------------------

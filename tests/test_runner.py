@@ -82,6 +82,19 @@ def test_train_eval_status_and_no_overwrite(workdir):
     assert sorted(p.name for p in (workdir / "runs" / "real" / "checkpoints").iterdir()) == before
 
 
+def test_sigterm_before_training_starts_is_a_clean_stop(workdir):
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.runner", "train", "--smoke", *TINY], cwd=workdir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job_file = workdir / "runs" / "smoke" / "job.json"
+    deadline = time.time() + 60
+    while time.time() < deadline and not job_file.exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in err
+    assert job_json(workdir)["state"] == "stopped"
+
+
 def test_sigterm_stops_with_a_checkpoint_then_resume_continues(workdir):
     args = ["train", "--smoke", *TINY, "--set", "train.max_steps=400", "--set", "train.checkpoint_interval=1000",
             "--set", "train.eval_interval=1000", "--set", "train.overfit_check.enabled=false"]
@@ -130,3 +143,30 @@ def test_two_process_ddp_matches_one_process(workdir):
     assert lr == one_lr
     assert job_json(workdir, "smoke-two")["state"] == "succeeded"
     assert p.stdout.count("succeeded: step 6/6") == 1  # only the main process reports
+
+
+def test_budget_guard_stops_training_with_a_checkpoint(workdir):
+    args = ["--smoke", *TINY, "--set", "train.max_steps=100000", "--set", "train.overfit_check.enabled=false",
+            "--set", "train.checkpoint_interval=100000", "--set", "train.eval_interval=100000"]
+    trainer = subprocess.Popen([sys.executable, "-m", "jobs.runner", "train", *args], cwd=workdir,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        metrics = workdir / "runs" / "smoke" / "metrics.jsonl"
+        deadline = time.time() + 60
+        while time.time() < deadline and not (metrics.exists() and metrics.read_text()):
+            time.sleep(0.2)
+        # $3600/h with a $2 budget: two seconds after billing started
+        p = jobs("budget-guard", *args, "--set", "cost.hourly_rate=3600", "--set", "cost.max_cost=2",
+                 "--since", str(time.time()), "--poll", "0.5", cwd=workdir, check=0)
+        assert "stopping the job" in p.stdout
+        assert trainer.wait(timeout=60) == 143
+    finally:
+        trainer.kill()
+    budget = json.loads((workdir / "runs" / "smoke" / "budget.json").read_text())
+    assert budget["spent"] >= 2 and budget["reason"] == "max_cost reached"
+    job = job_json(workdir)
+    assert job["state"] == "stopped"
+    step = max(losses(workdir, "smoke"))
+    assert (workdir / "runs" / "smoke" / "checkpoints" / f"step_{step:06d}").is_dir()
+    # with the job gone the guard has nothing to do and returns at once
+    assert "stopping" not in jobs("budget-guard", *args, "--set", "cost.max_cost=2", cwd=workdir, check=0).stdout

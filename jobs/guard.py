@@ -1,0 +1,55 @@
+"""The budget guard that runs on the GPU host beside the job.
+
+It needs no laptop and no API key: it knows when the instance started and
+what it costs an hour, and when the money spent reaches the budget it sends
+the job SIGTERM, which makes training save a checkpoint and stop. It ends
+by itself when the job ends. The launcher's watcher is what then destroys
+the instance; this guard only makes sure no more compute is burnt.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from jobs.jobfile import read_job
+from trainer.fileio import atomic_write_json
+
+
+def spent(since: float, hourly_rate: float, now: float | None = None) -> float:
+    return ((now or time.time()) - since) / 3600 * hourly_rate
+
+
+def guard(run_dir: Path, hourly_rate: float, max_cost: float, since: float | None = None,
+          poll_s: float = 30.0, log=print) -> str:
+    """Watch `run_dir/job.json` until the job ends ("ended") or the budget is reached ("stopped")."""
+    deadline_wait = time.time() + 600  # the job has ten minutes to write its job.json
+    job = read_job(run_dir)
+    while job is None and time.time() < deadline_wait:
+        time.sleep(min(poll_s, 5))
+        job = read_job(run_dir)
+    if job is None:
+        log(f"budget guard: no job.json in {run_dir}; nothing to guard")
+        return "ended"
+    since = since or job["started_at"]
+    log(f"budget guard: ${max_cost:.2f} at ${hourly_rate:.2f}/h since {time.ctime(since)} "
+        f"= {max_cost / hourly_rate:.2f} h" if hourly_rate else "budget guard: hourly_rate is 0, nothing to spend")
+    while True:
+        job = read_job(run_dir)
+        if job is None or job["state"] != "running":
+            return "ended"
+        cost = spent(since, hourly_rate)
+        if hourly_rate and cost >= max_cost:
+            atomic_write_json(run_dir / "budget.json", {
+                "reason": "max_cost reached", "spent": cost, "max_cost": max_cost,
+                "hourly_rate": hourly_rate, "since": since, "at": time.time(), "pid": job["pid"],
+            })
+            log(f"budget guard: ${cost:.2f} spent of ${max_cost:.2f}: stopping the job (pid {job['pid']})")
+            try:
+                os.kill(job["pid"], signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            return "stopped"
+        time.sleep(poll_s)
