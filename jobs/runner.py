@@ -248,6 +248,19 @@ def launch_workers(n: int) -> str:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(free_port()), "-m", "jobs.runner", *argv]
+    code, stopped = call_forwarding_sigterm(cmd)
+    if stopped:
+        return "stopped"
+    if code:
+        raise UserError(f"training workers exited with code {code} (see the log above)")
+    return "succeeded"
+
+
+def call_forwarding_sigterm(cmd: list[str]) -> tuple[int, bool]:
+    """Run a child to its end; a SIGTERM to us (docker stop, a preemption) is passed on to it.
+
+    Returns the exit code and whether we were asked to stop.
+    """
     proc = subprocess.Popen(cmd)
     stopped = False
 
@@ -261,11 +274,7 @@ def launch_workers(n: int) -> str:
         code = proc.wait()
     finally:
         signal.signal(signal.SIGTERM, old)
-    if stopped:
-        return "stopped"
-    if code:
-        raise UserError(f"training workers exited with code {code} (see the log above)")
-    return "succeeded"
+    return code, stopped
 
 
 @app.command("eval")
@@ -375,10 +384,11 @@ def pipeline(config: ConfigOpt = None, set_: SetOpt = None, smoke: SmokeOpt = Fa
             record.write()
             console.rule(f"[bold]{name}")
             # Each step is its own `jobs` process, exactly as a user would run it.
-            code = subprocess.call([sys.executable, "-m", "jobs.runner", *args, *base])
-            entry.update(state="succeeded" if code == 0 else "failed", exit_code=code, ended_at=time.time())
+            code, stopped = call_forwarding_sigterm([sys.executable, "-m", "jobs.runner", *args, *base])
+            state = "stopped" if stopped or code == EXIT_STOPPED else "succeeded" if code == 0 else "failed"
+            entry.update(state=state, exit_code=code, ended_at=time.time())
             record.write()
-            if code == EXIT_STOPPED:
+            if state == "stopped":
                 return "stopped"
             if code:
                 raise UserError(f"pipeline step '{name}' failed with exit code {code}")
