@@ -23,7 +23,6 @@ from trainer.fileio import atomic_write_json, read_json
 PEAK_TFLOPS = {
     "H200": 989.0,
     "H100 SXM": 989.0,
-    "H100 80GB HBM3": 989.0,  # how the SXM board names itself
     "H100 NVL": 835.0,
     "H100 PCIe": 756.0,
     "H100": 756.0,  # an unnamed H100 variant: assume the slower PCIe part
@@ -56,14 +55,26 @@ def device_name() -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+ALIASES = {"H100 80GB HBM3": "H100 SXM"}  # how the SXM board names itself to CUDA
+
+
+def gpu_model(name: str) -> str | None:
+    """The PEAK_TFLOPS key for a device name: CUDA's 'NVIDIA H100 80GB HBM3' and Vast's 'H100 SXM' agree."""
+    for alias, key in ALIASES.items():
+        if alias.lower() in name.lower():
+            return key
+    for key in sorted(PEAK_TFLOPS, key=len, reverse=True):
+        if key.lower() in name.lower():
+            return key
+    return None
+
+
 def peak_flops(name: str, override_tflops: float | None = None) -> float | None:
     """Peak FLOP/s for a device name such as 'NVIDIA H100 80GB HBM3', None when unknown."""
     if override_tflops:
         return override_tflops * 1e12
-    for key in sorted(PEAK_TFLOPS, key=len, reverse=True):
-        if key.lower() in name.lower():
-            return PEAK_TFLOPS[key] * 1e12
-    return None
+    model = gpu_model(name)
+    return PEAK_TFLOPS[model] * 1e12 if model else None
 
 
 def bench_hash(cfg: Config) -> str:
