@@ -1,0 +1,207 @@
+"""The data tools' config sections, on top of the trainer's `Config`.
+
+`JobConfig` adds `tokenizer:`, `prepare:` and `hub:` to the YAML files; it is
+loaded with `trainer.config.load_config(JobConfig, path, overrides)`, which
+type-checks every key. The filter defaults are the seed project's thresholds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trainer.config import Config
+
+SOURCE_TYPES = ("hf", "local")
+SOURCE_KINDS = ("c4", "wikipedia", "gutenberg", "generic")
+
+
+@dataclass
+class SourceConfig:
+    name: str  # a label in stats and data_meta.json
+    type: str = "hf"  # hf: a Hub dataset id in `path`; local: files in `data_files`
+    kind: str = "generic"  # which cleaning and filters apply: c4 | wikipedia | gutenberg | generic
+    path: str = ""  # hf: dataset id; local: optional builder (json | parquet | text), else from the extension
+    config_name: str | None = None  # the dataset's config, e.g. "en" for allenai/c4
+    revision: str | None = None  # e.g. "refs/convert/parquet" for a script dataset's parquet copy
+    split: str = "train"
+    data_files: list[str] = field(default_factory=list)  # globs; relative to the working directory
+    text_field: str = "text"
+    weight: float = 1.0  # relative share of documents drawn from this source
+
+    def __post_init__(self) -> None:
+        if self.type not in SOURCE_TYPES:
+            raise ValueError(f"source '{self.name}': type must be one of {', '.join(SOURCE_TYPES)}, got '{self.type}'")
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"source '{self.name}': kind must be one of {', '.join(SOURCE_KINDS)}, got '{self.kind}'")
+        if self.type == "hf" and not self.path:
+            raise ValueError(f"source '{self.name}': an hf source needs 'path' (the dataset id)")
+        if self.type == "local" and not self.data_files:
+            raise ValueError(f"source '{self.name}': a local source needs 'data_files'")
+        if self.weight <= 0:
+            raise ValueError(f"source '{self.name}': weight must be > 0")
+
+
+def _default_sources() -> list[SourceConfig]:
+    return [
+        SourceConfig(name="c4", kind="c4", path="allenai/c4", config_name="en", weight=0.30),
+        SourceConfig(
+            name="wikipedia", kind="wikipedia", path="wikimedia/wikipedia", config_name="20231101.en", weight=0.45
+        ),
+        # deepmind/pg19 is a loading script that current `datasets` refuses; the Hub's parquet conversion is not.
+        SourceConfig(
+            name="gutenberg", kind="gutenberg", path="deepmind/pg19", revision="refs/convert/parquet", weight=0.25
+        ),
+    ]
+
+
+@dataclass
+class CommonFilterConfig:
+    """Applied to every document after its source's cleaning."""
+
+    min_chars: int = 300
+    max_chars: int = 80_000  # longer documents are chunked at paragraph breaks, not dropped
+    min_alpha_ratio: float = 0.65  # letters / non-space characters
+    max_char_repeat: int = 6  # a non-space character this many times in a row rejects
+    max_weird_ratio: float = 0.01  # symbols, controls, private use, U+FFFD (by Unicode category)
+    short_line_chars: int = 20
+    max_short_line_ratio: float = 0.30
+    max_caps_line_ratio: float = 0.20
+    boilerplate: list[str] = field(
+        default_factory=lambda: [
+            "lorem ipsum",
+            "javascript is disabled",
+            "enable javascript",
+            "enable cookies",
+            "this website uses cookies",
+            "we use cookies",
+            "cookie policy",
+            "privacy policy",
+            "terms of service",
+            "all rights reserved",
+            "sign up for our newsletter",
+            "page not found",
+        ]
+    )
+
+
+@dataclass
+class C4FilterConfig:
+    min_alpha_ratio: float = 0.70
+    max_punct_ratio: float = 0.20
+    punct_run_chars: str = "/|="  # four or more of one of these in a row rejects
+    junk_keywords: list[str] = field(
+        default_factory=lambda: [
+            "click here",
+            "buy now",
+            "add to cart",
+            "free shipping",
+            "shopping cart",
+            "subscribe",
+            "log in",
+            "login",
+            "sign up",
+            "casino",
+            "viagra",
+            "payday loan",
+            "limited time offer",
+        ]
+    )
+    max_junk_keywords: int = 1  # more distinct matches than this rejects
+    max_nav_lines: int = 0  # more navigation-looking lines than this rejects (C4 is already one paragraph a line)
+    min_paragraphs: int = 2
+    min_mean_paragraph_chars: int = 200
+    min_entropy: float = 3.5  # bits per character
+    max_entropy: float = 5.6
+
+
+@dataclass
+class WikipediaFilterConfig:
+    strip_tables: bool = True
+    strip_references: bool = True  # "[12]" markers and the References / Notes sections
+    strip_external_links: bool = True
+    strip_see_also: bool = True
+    max_list_line_ratio: float = 0.30
+
+
+@dataclass
+class GutenbergFilterConfig:
+    strip_header_footer: bool = True
+    strip_toc: bool = True
+    reflow: bool = True  # join hyphenated breaks and hard-wrapped lines into paragraphs
+
+
+@dataclass
+class FiltersConfig:
+    common: CommonFilterConfig = field(default_factory=CommonFilterConfig)
+    c4: C4FilterConfig = field(default_factory=C4FilterConfig)
+    wikipedia: WikipediaFilterConfig = field(default_factory=WikipediaFilterConfig)
+    gutenberg: GutenbergFilterConfig = field(default_factory=GutenbergFilterConfig)
+
+
+@dataclass
+class DedupConfig:
+    exact: bool = True
+    minhash: bool = True
+    num_perm: int = 128
+    shingle_words: int = 5
+    threshold: float = 0.85  # MinHashLSH Jaccard threshold
+    seed: int = 1
+
+
+@dataclass
+class PrepareConfig:
+    sources: list[SourceConfig] = field(default_factory=_default_sources)
+    shuffle_buffer: int = 10_000  # documents; 0 keeps the sources' order
+    seed: int = 1234
+    target_train_tokens: int | None = None  # stop once train.bin holds this many; None: until the sources end
+    val_fraction: float = 0.005  # of documents, chosen by a hash of the text
+    filters: FiltersConfig = field(default_factory=FiltersConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    num_workers: int = 0  # filter/MinHash processes and tokenizer threads; 0: all cores
+    batch_docs: int = 256  # documents per worker task
+    checkpoint_docs: int = 20_000  # a resumable checkpoint every this many source documents
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("needs at least one source")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names must be unique, got {names}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError("val_fraction must be in [0, 1)")
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int | None = None  # None: model.vocab_size
+    model_type: str = "bpe"
+    character_coverage: float = 0.99995
+    sample_chars: int = 100_000_000  # text drawn from the prepare mix to train on (SentencePiece holds it in memory)
+    max_sentence_length: int = 16_384  # bytes; longer documents are split at line breaks, not dropped
+    num_threads: int = 0  # 0: all cores
+
+
+@dataclass
+class HubConfig:
+    repo_id: str = "ark296/gpt-training-data"
+    repo_type: str = "dataset"
+    revision: str | None = None  # None: the default branch
+    include_tokenizer: bool = True  # push/pull spm.model, spm.vocab, tokenizer_meta.json too
+    private: bool = True  # when push creates the repo
+
+
+@dataclass
+class JobConfig(Config):
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+
+    def __post_init__(self) -> None:
+        if self.tokenizer.vocab_size not in (None, self.model.vocab_size):
+            raise ValueError(
+                f"tokenizer.vocab_size {self.tokenizer.vocab_size} differs from model.vocab_size {self.model.vocab_size}"
+            )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size or self.model.vocab_size

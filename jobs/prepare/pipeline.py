@@ -1,0 +1,332 @@
+"""`jobs prepare`: source mix -> clean and filter -> dedup -> split -> tokenize -> .bin files.
+
+Worker processes clean, filter, sign (MinHash) and tokenize batches of
+documents; the main process, in stream order, drops duplicates against
+everything kept so far (train and val together) and appends the survivors'
+tokens to their split's file. The split is a hash of the raw text, so it is
+fixed before any filter runs and no document can be in both files; the dedup
+then keeps a later near-copy of a val document out of train.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import multiprocessing as mp
+import time
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from jobs import tokenizer as tok
+from jobs.config import JobConfig, PrepareConfig
+from jobs.prepare.dedup import Deduplicator, exact_key, signatures
+from jobs.prepare.filters import chunk, clean, rejected_by
+from jobs.prepare.sources import documents
+from jobs.prepare.write import SPLITS, Checkpoint, TokenWriter, token_dtype
+from trainer.errors import DataError
+from trainer.fileio import atomic_write_json, read_json
+
+META_VERSION = 1
+
+
+@dataclass
+class Judged:
+    source: str
+    split: str
+    rejected: list[str]  # names of the filters that rejected a piece
+    tokens: np.ndarray | None = None  # the kept text's ids and its EOS; None when every piece was rejected
+    key: bytes = b""  # exact-dedup hash
+    sig: np.ndarray | None = None  # MinHash signature
+
+
+def split_of(text: str, val_fraction: float) -> str:
+    u = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") / 2**64
+    return "val" if u < val_fraction else "train"
+
+
+_CFG: PrepareConfig | None = None  # set in each worker process
+_SP: spm.SentencePieceProcessor | None = None
+
+
+def _init_worker(cfg: PrepareConfig, tokenizer: str) -> None:
+    global _CFG, _SP
+    _CFG, _SP = cfg, spm.SentencePieceProcessor(model_file=tokenizer)
+
+
+def judge_batch(batch: list[tuple[str, str]]) -> list[Judged]:
+    """Clean, filter, sign and tokenize a batch; documents over max_chars are judged piece by piece.
+
+    Tokenizing here, in the workers, is what spreads it over the cores (SentencePiece's own
+    threads barely help: building the Python lists of ids holds the GIL).
+    """
+    cfg = _CFG
+    kinds = {s.name: s.kind for s in cfg.sources}
+    out, texts = [], []
+    for source, raw in batch:
+        kind = kinds[source]
+        kept, rejected = [], []
+        for piece in chunk(clean(raw, kind, cfg.filters), cfg.filters.common.max_chars):
+            reason = rejected_by(piece, kind, cfg.filters)
+            (rejected if reason else kept).append(reason or piece)
+        out.append(Judged(source, split_of(raw, cfg.val_fraction), rejected))
+        texts.append("".join(kept) if kept else None)  # the pieces end at their separators
+    keep = [(j, t) for j, t in zip(out, texts) if t is not None]
+    sigs = signatures([t for _, t in keep], cfg.dedup)
+    ids = _SP.encode([t for _, t in keep], num_threads=1)  # one thread per worker process: no oversubscription
+    dtype = token_dtype(_SP.vocab_size())
+    for (j, text), sig, doc_ids in zip(keep, sigs, ids):
+        j.key, j.sig = exact_key(text), sig
+        j.tokens = np.array(doc_ids + [_SP.eos_id()], dtype=dtype)  # one EOS per document
+    return out
+
+
+def _batches(it: Iterator, n: int) -> Iterator[list]:
+    while batch := list(itertools.islice(it, n)):
+        yield batch
+
+
+def _ordered_map(pool, fn, items: Iterator, ahead: int) -> Iterator:
+    """pool.imap with a bounded read-ahead (imap would read the whole stream into its queue)."""
+    window: deque = deque()
+    for item in items:
+        window.append(pool.apply_async(fn, (item,)))
+        if len(window) >= ahead:
+            yield window.popleft().get()
+    while window:
+        yield window.popleft().get()
+
+
+class Stats:
+    """Per split and source: documents, kept, tokens, rejections by filter, duplicates."""
+
+    def __init__(self, state: dict | None = None):
+        self.data: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(Counter)))
+        for split, by_source in (state or {}).items():
+            for source, groups in by_source.items():
+                for group, counts in groups.items():
+                    self.data[split][source][group] = Counter(counts)
+
+    def add(self, split: str, source: str, group: str, name: str, n: int = 1) -> None:
+        self.data[split][source][group][name] += n
+
+    def total(self, group: str, name: str, split: str | None = None) -> int:
+        splits = [split] if split else list(self.data)
+        return sum(self.data[s][src][group][name] for s in splits for src in self.data[s])
+
+    def to_dict(self) -> dict:
+        return {
+            sp: {src: {g: dict(c) for g, c in v.items()} for src, v in by_src.items()}
+            for sp, by_src in self.data.items()
+        }
+
+
+def _fingerprint(cfg: JobConfig, tokenizer_sha: str) -> str:
+    """What the output depends on: a checkpoint resumes only under the same one."""
+    output_affecting = {k: v for k, v in asdict(cfg.prepare).items() if k not in ("num_workers", "checkpoint_docs")}
+    blob = json.dumps([output_affecting, tokenizer_sha], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def run_prepare(cfg: JobConfig, resume: bool = False) -> dict:
+    """Build train.bin / val.bin / data_meta.json in cfg.data.dir; returns the meta."""
+    pcfg = cfg.prepare
+    sp = tok.load_tokenizer(cfg)
+    tokenizer_sha = tok.sha256_file(cfg.data.tokenizer)
+    data_dir = Path(cfg.data.dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = Checkpoint(data_dir)
+    fingerprint = _fingerprint(cfg, tokenizer_sha)
+    state = ckpt.load(fingerprint) if resume else None
+    if resume and state is None:
+        print("prepare: no checkpoint to resume from; starting from the beginning")
+    if state is None:
+        ckpt.clear()
+        ckpt.dir.mkdir(parents=True, exist_ok=True)
+
+    dtype = token_dtype(sp.vocab_size())
+    writer = TokenWriter(data_dir, dtype, state["tokens"] if state else None)
+    dedup = Deduplicator(pcfg.dedup, ckpt.dedup_log, state["dedup_log_bytes"] if state else None)
+    stats = Stats(state["stats"] if state else None)
+    consumed = state["documents"] if state else 0
+    elapsed0 = state["seconds"] if state else 0.0
+    workers = tok.threads(pcfg.num_workers)
+    start = time.time()
+
+    def save_checkpoint() -> None:
+        writer.flush()
+        ckpt.save(
+            {
+                "fingerprint": fingerprint,
+                "documents": consumed,
+                "tokens": dict(writer.tokens),
+                "dedup_log_bytes": dedup.log_bytes(),
+                "stats": stats.to_dict(),
+                "seconds": elapsed0 + time.time() - start,
+            }
+        )
+
+    stream = itertools.islice(documents(pcfg), consumed, None)  # the mix is deterministic: skip what is done
+    init_args = (pcfg, str(cfg.data.tokenizer))
+    pool = mp.get_context("spawn").Pool(workers, _init_worker, init_args) if workers > 1 else None
+    if pool is None:
+        _init_worker(*init_args)
+    batches = _batches(stream, pcfg.batch_docs)
+    judged = _ordered_map(pool, judge_batch, batches, 2 * workers) if pool else map(judge_batch, batches)
+    bar = tqdm(initial=consumed, unit="doc", desc="prepare", dynamic_ncols=True)
+    last_ckpt, tokens0 = consumed, sum(writer.tokens.values())
+    try:
+        for batch in judged:
+            pending: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+            for j in batch:
+                stats.add(j.split, j.source, "count", "documents")
+                for reason in j.rejected:
+                    stats.add(j.split, j.source, "rejected", reason)
+                if j.tokens is None:
+                    continue
+                dup = dedup.check(j.key, j.sig)
+                if dup:
+                    stats.add(j.split, j.source, "duplicates", dup)
+                    continue
+                stats.add(j.split, j.source, "count", "kept")
+                stats.add(j.split, j.source, "count", "tokens", len(j.tokens))
+                pending[j.split].append(j.tokens)
+            for split, arrays in pending.items():
+                if arrays:
+                    writer.write(split, np.concatenate(arrays))
+            consumed += len(batch)
+            bar.update(len(batch))
+            rate = (sum(writer.tokens.values()) - tokens0) / max(time.time() - start, 1e-9)
+            kept = 100 * stats.total("count", "kept") / max(stats.total("count", "documents"), 1)
+            bar.set_postfix_str(f"{rate:,.0f} tok/s, kept {kept:.1f}%")
+            if consumed - last_ckpt >= pcfg.checkpoint_docs:
+                save_checkpoint()
+                last_ckpt = consumed
+            if pcfg.target_train_tokens and writer.tokens["train"] >= pcfg.target_train_tokens:
+                break
+    except BaseException:
+        writer.close()  # what the last checkpoint covers stays for --resume; the .tmp names say it is unfinished
+        raise
+    finally:
+        if pool:
+            pool.terminate()  # all results are in, or no longer wanted
+            pool.join()
+        bar.close()
+        dedup.close()
+    if writer.tokens["train"] == 0 or (pcfg.val_fraction > 0 and writer.tokens["val"] == 0):
+        writer.close()
+        raise DataError(
+            f"prepare kept too little text ({writer.tokens['train']:,} train / {writer.tokens['val']:,} val tokens) "
+            f"from {consumed:,} documents; check the sources and filters"
+        )
+    meta = _finish(cfg, writer, stats, tokenizer_sha, consumed, elapsed0 + time.time() - start)
+    ckpt.clear()
+    _print_summary(meta)
+    return meta
+
+
+def _finish(cfg, writer: TokenWriter, stats: Stats, tokenizer_sha: str, consumed: int, seconds: float) -> dict:
+    data_dir = Path(cfg.data.dir)
+    meta_path = data_dir / "data_meta.json"
+    meta_path.unlink(missing_ok=True)  # the old meta must not vouch for the new files
+    paths = writer.finish()
+    pcfg = cfg.prepare
+    meta = {
+        "version": META_VERSION,
+        "dtype": writer.dtype.name,
+        "vocab_size": cfg.vocab_size,
+        "special_ids": dict(tok.SPECIAL_IDS),
+        "tokenizer_sha256": tokenizer_sha,
+        "files": {
+            s: {"path": paths[s].name, "tokens": writer.tokens[s], "sha256": tok.sha256_file(paths[s])} for s in SPLITS
+        },
+        "documents": {s: stats.total("count", "kept", s) for s in SPLITS},
+        "source_documents_read": consumed,
+        "mix": {s.name: s.weight for s in pcfg.sources},
+        "sources": [asdict(s) for s in pcfg.sources],
+        "filters": asdict(pcfg.filters),
+        "dedup_config": asdict(pcfg.dedup),
+        "dedup": {"exact": stats.total("duplicates", "exact"), "near": stats.total("duplicates", "near")},
+        "stats": stats.to_dict(),
+        "val_fraction": pcfg.val_fraction,
+        "seed": pcfg.seed,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(seconds, 1),
+    }
+    atomic_write_json(meta_path, meta, mode=0o644)
+    return meta
+
+
+def _print_summary(meta: dict) -> None:
+    table = Table(
+        title=f"prepare: {meta['files']['train']['tokens']:,} train + {meta['files']['val']['tokens']:,} val tokens"
+    )
+    for col in ("split", "source", "docs", "kept", "kept%", "tokens", "dups", "rejected by (top 2)"):
+        table.add_column(col, justify="left" if col in ("split", "source", "rejected by (top 2)") else "right")
+    for split, by_source in sorted(meta["stats"].items(), key=lambda kv: SPLITS.index(kv[0])):
+        for source, s in sorted(by_source.items()):
+            count, rej, dup = s.get("count", {}), s.get("rejected", {}), s.get("duplicates", {})
+            top = ", ".join(f"{k} {v}" for k, v in sorted(rej.items(), key=lambda kv: -kv[1])[:2])
+            n = count.get("documents", 0)
+            table.add_row(
+                split,
+                source,
+                f"{n:,}",
+                f"{count.get('kept', 0):,}",
+                f"{100 * count.get('kept', 0) / max(n, 1):.1f}",
+                f"{count.get('tokens', 0):,}",
+                f"{sum(dup.values()):,}",
+                top,
+            )
+    Console().print(table)
+    print(
+        f"prepare: wrote {meta['files']['train']['tokens']:,} train and {meta['files']['val']['tokens']:,} val tokens "
+        f"({meta['dtype']}), removed {meta['dedup']['exact']} exact and {meta['dedup']['near']} near duplicates "
+        f"in {meta['seconds']}s"
+    )
+
+
+def data_is_valid(cfg: JobConfig, deep: bool = False) -> bool:
+    """True when data_meta.json matches the files (sizes; sha256 too with deep), the vocab and the tokenizer."""
+    try:
+        check_data(cfg, deep)
+    except DataError:
+        return False
+    return True
+
+
+def check_data(cfg: JobConfig, deep: bool = False) -> dict:
+    """The meta of a complete, consistent data dir; a one-line DataError otherwise."""
+    data_dir = Path(cfg.data.dir)
+    meta_path = data_dir / "data_meta.json"
+    if not meta_path.is_file():
+        raise DataError(f"{meta_path} not found (run `jobs prepare` or `jobs sync-data pull`)")
+    try:
+        meta = read_json(meta_path)
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        files = meta["files"]
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"{meta_path} is not a valid data meta") from None
+    if meta.get("vocab_size") != cfg.vocab_size:
+        raise DataError(f"{meta_path} has vocab {meta.get('vocab_size')} but the config says {cfg.vocab_size}")
+    tokenizer = Path(cfg.data.tokenizer)
+    if tokenizer.is_file() and meta.get("tokenizer_sha256") not in (None, tok.sha256_file(tokenizer)):
+        raise DataError(f"{meta_path} was made with another tokenizer than {tokenizer}")
+    for split in SPLITS:
+        f = files.get(split)
+        path = data_dir / f["path"] if f else None
+        if not path or not path.is_file():
+            raise DataError(f"{split} data not found in {data_dir}")
+        if path.stat().st_size != f["tokens"] * itemsize:
+            raise DataError(f"{path} has {path.stat().st_size:,} bytes, expected {f['tokens'] * itemsize:,}")
+        if deep and f.get("sha256") and tok.sha256_file(path) != f["sha256"]:
+            raise DataError(f"{path} does not match the sha256 in {meta_path}")
+    return meta

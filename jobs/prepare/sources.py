@@ -1,0 +1,108 @@
+"""The source mix: each source streamed with `datasets`, shuffled, drawn by weight.
+
+Every source becomes a stream of {"text", "source"} records, so sources with
+different schemas (C4, Wikipedia, PG-19, a user's files) mix. The mix is
+deterministic for a given seed, which is what lets `--resume` skip ahead.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterator
+from pathlib import Path
+
+import datasets
+import numpy as np
+from datasets import IterableDataset, load_dataset
+
+from jobs.config import PrepareConfig, SourceConfig
+from trainer.errors import UserError
+
+# A local file is not a download: do not ping the Hub's download counter for the "json" builder.
+datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
+
+_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
+
+
+def _builder(files: list[str]) -> str:
+    suffixes = {Path(f.removesuffix(".gz").removesuffix(".zst")).suffix for f in files}
+    builders = {_BUILDERS.get(s) for s in suffixes}
+    if len(builders) != 1 or None in builders:
+        raise UserError(
+            f"local files must all be one of {', '.join(_BUILDERS)} (optionally .gz), got {sorted(suffixes)}"
+        )
+    return builders.pop()
+
+
+def load_source(src: SourceConfig) -> IterableDataset:
+    """One source as a stream of {"text": str, "source": name}."""
+    try:
+        if src.type == "local":
+            files = sorted(f for pattern in src.data_files for f in glob.glob(pattern, recursive=True))
+            if not files:
+                raise UserError(f"source '{src.name}': no files match {src.data_files}")
+            builder = src.path or _builder(files)
+            # A .txt file is one document, not one per line.
+            extra = {"sample_by": "document"} if builder == "text" else {}
+            ds = load_dataset(builder, data_files=files, split="train", streaming=True, **extra)
+        else:
+            ds = load_dataset(
+                src.path,
+                src.config_name,
+                split=src.split,
+                revision=src.revision,
+                data_files=src.data_files or None,
+                streaming=True,
+            )
+    except UserError:
+        raise
+    except Exception as e:  # the datasets library's many ways to say "not found"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"source '{src.name}': cannot load '{src.path or src.data_files}': {reason}") from None
+
+    def to_record(example: dict) -> dict:
+        text = example.get(src.text_field)
+        if not isinstance(text, str):
+            raise UserError(
+                f"source '{src.name}': records have no text field '{src.text_field}' (fields: {', '.join(example)})"
+            )
+        return {"text": text, "source": src.name}
+
+    return ds.map(to_record, remove_columns=list(ds.features) if ds.features else None).select_columns(
+        ["text", "source"]
+    )
+
+
+def documents(cfg: PrepareConfig) -> Iterator[tuple[str, str]]:
+    """(source name, text) in mix order: each source buffer-shuffled, then drawn by weight.
+
+    The weighted draw is ours rather than `interleave_datasets`: that reads each
+    source in a prefetch thread and then sleeps 5 s at shutdown (a pyarrow
+    workaround) on every run. A drained source leaves the mix; every document
+    of every source is read once.
+    """
+    streams = [load_source(s) for s in cfg.sources]
+    if cfg.shuffle_buffer > 0:
+        # shard order shuffled, then a buffer; shards read one at a time (no prefetch threads, see above)
+        streams = [
+            ds.shuffle(seed=cfg.seed + i, buffer_size=cfg.shuffle_buffer, max_buffer_input_shards=1)
+            for i, ds in enumerate(streams)
+        ]
+    iters = [iter(ds) for ds in streams]
+    weights = np.array([s.weight for s in cfg.sources], dtype=np.float64)
+    live = list(range(len(iters)))
+    rng = np.random.default_rng(cfg.seed)
+    while live:
+        i = live[rng.choice(len(live), p=weights[live] / weights[live].sum())]
+        try:
+            rec = next(iters[i], None)
+        except UserError:
+            raise
+        except Exception as e:  # a corrupt file, a dropped connection: one line, and --resume picks up
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            name = cfg.sources[i].name
+            raise UserError(f"source '{name}': reading failed ({reason}); `jobs prepare --resume` continues") from None
+        if rec is None:
+            live.remove(i)
+            continue
+        yield rec["source"], rec["text"]

@@ -1,0 +1,191 @@
+"""Fixture corpora in the real sources' record formats, and configs that point at them.
+
+Text is seeded pseudo-prose (real English words, real sentence shapes), so the
+filters judge it like text, and every document is unique unless a test plants
+a copy on purpose.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import yaml
+
+from jobs.config import JobConfig
+from jobs.demo_corpus import gutenberg_text, write_c4, write_pg19, write_wikipedia
+from trainer.config import load_config
+
+WORDS = """the of and to in is was for that with as on by at from his her their which this an be are were
+had have has it not but or all one two three new first old great small long little other many more most
+some time year years people way day days man men woman world life hand part child children eye place work
+week case point government company number group problem fact river city town village house garden road
+bridge mountain valley forest field harbour market school church castle island winter summer morning evening
+letter story history music language science nature water light stone wood iron silver gold bread wine
+walked carried opened wrote found made took gave saw heard built painted followed reached crossed returned
+slowly quickly quietly early late near far above below under across through between during before after
+bright dark heavy narrow wide ancient modern northern southern eastern western careful gentle patient
+merchant sailor farmer teacher doctor soldier painter traveller scholar engineer captain miller weaver""".split()
+
+
+def sentence(rng: random.Random, n: int | None = None) -> str:
+    words = [rng.choice(WORDS) for _ in range(n or rng.randint(8, 18))]
+    return " ".join(words).capitalize() + "."
+
+
+def paragraph(rng: random.Random, chars: int) -> str:
+    out = ""
+    while len(out) < chars:
+        out += (" " if out else "") + sentence(rng)
+    return out
+
+
+def c4_doc(rng: random.Random, paragraphs: int = 3) -> str:
+    """C4 keeps one paragraph per line."""
+    return "\n".join(paragraph(rng, 260) for _ in range(paragraphs))
+
+
+def wiki_doc(rng: random.Random, title: str) -> str:
+    body = "\n\n".join(paragraph(rng, 400) for _ in range(3))
+    return (
+        f"{body}[1]\n\nHistory\n\n{paragraph(rng, 400)}[2]\n\n"
+        f"See also\n\n* {title} (disambiguation)\n\nReferences\n\n1. A book about {title}.\n"
+        "\nExternal links\n\n* https://example.org/wiki\n"
+    )
+
+
+def book(rng: random.Random, title: str, chapters: int, chapter_chars: int) -> str:
+    import textwrap
+
+    toc = "CONTENTS\n\n" + "\n".join(f"CHAPTER {i + 1}. {rng.choice(WORDS).title()}" for i in range(chapters))
+    body = [toc]
+    for i in range(chapters):
+        paras = [textwrap.fill(paragraph(rng, 700), 70) for _ in range(max(1, chapter_chars // 700))]
+        body.append(f"CHAPTER {i + 1}.\n\n" + "\n\n".join(paras))
+    return gutenberg_text(title, "A. N. Author", "\n\n\n".join(body), 4242)
+
+
+def near_copy(text: str, rng: random.Random, fraction: float) -> str:
+    """text with one contiguous run of `fraction` of its words replaced: shingle Jaccard ~0.9 for 0.02 on a C4 page."""
+    words = text.split(" ")
+    n = max(1, int(len(words) * fraction))
+    start = rng.randrange(0, len(words) - n)
+    words[start : start + n] = [rng.choice(WORDS) for _ in range(n)]
+    return " ".join(words)
+
+
+def build_corpus(root: Path, seed: int = 0, c4_docs: int = 60, near_pairs: int = 12) -> dict:
+    """C4 jsonl.gz + Wikipedia parquet + PG-19 parquet under root; returns what was planted."""
+    rng = random.Random(seed)
+    c4 = [c4_doc(rng) for _ in range(c4_docs)]
+    planted = {"near": [], "half": [], "exact": []}
+    for i in range(near_pairs):  # ~90% similar copies: must go
+        copy = near_copy(c4[i], rng, 0.02)
+        c4.append(copy)
+        planted["near"].append((c4[i], copy))
+    for i in range(near_pairs, near_pairs + 4):  # ~50% similar: both stay
+        lines = c4[i].split("\n")
+        other = lines[:2] + [paragraph(rng, 260) for _ in lines[2:]]
+        c4.append("\n".join(other))
+        planted["half"].append((c4[i], c4[-1]))
+    c4.append(c4[0].upper().lower().replace(". ", ".  "))  # an exact duplicate up to case and spacing
+    planted["exact"].append(c4[0])
+    junk = [
+        "Home | Shop | About | Contact | Blog | Cart\n" + c4_doc(rng),
+        c4_doc(rng) + "\nClick here to buy now and get free shipping. Add to cart today!",
+    ]
+    c4 += junk
+    rng.shuffle(c4)
+    records = [
+        {"text": t, "timestamp": f"2019-04-{1 + i % 28:02d}T10:00:00Z", "url": f"https://example.com/{i}"}
+        for i, t in enumerate(c4)
+    ]
+    half = len(records) // 2
+    files = {
+        "c4": [
+            write_c4(root / "c4" / "c4-train.00000-of-00002.json.gz", records[:half]),
+            write_c4(root / "c4" / "c4-train.00001-of-00002.json.gz", records[half:]),
+        ]
+    }
+    titles = [f"{rng.choice(WORDS).title()} {rng.choice(WORDS).title()}" for _ in range(20)]
+    wiki = [
+        {"id": str(i), "url": f"https://en.wikipedia.org/wiki/{i}", "title": t, "text": wiki_doc(rng, t)}
+        for i, t in enumerate(titles)
+    ]
+    wiki.append(
+        {
+            "id": "99",
+            "url": "https://en.wikipedia.org/wiki/List",
+            "title": "List of things",
+            "text": "Things\n" + "\n".join(f"* {sentence(rng)}" for _ in range(30)),
+        }
+    )
+    files["wikipedia"] = [write_wikipedia(root / "wikipedia" / "train-00000-of-00001.parquet", wiki)]
+    books = [
+        {
+            "short_book_title": "A Short Voyage",
+            "publication_date": 1890,
+            "url": "http://www.gutenberg.org/ebooks/1",
+            "text": book(rng, "A Short Voyage", 4, 3000),
+        },
+        # longer than max_chars: judged and kept in pieces, one document, one EOS
+        {
+            "short_book_title": "The Long Road",
+            "publication_date": 1901,
+            "url": "http://www.gutenberg.org/ebooks/2",
+            "text": book(rng, "The Long Road", 12, 9000),
+        },
+    ]
+    files["gutenberg"] = [write_pg19(root / "gutenberg" / "train-00000-of-00001.parquet", books)]
+    return {"files": files, "planted": planted, "documents": len(records) + len(wiki) + len(books)}
+
+
+def sources(root: Path) -> list[dict]:
+    return [
+        {"name": "c4", "type": "local", "kind": "c4", "data_files": [str(root / "c4" / "*.json.gz")], "weight": 0.3},
+        {
+            "name": "wikipedia",
+            "type": "local",
+            "kind": "wikipedia",
+            "data_files": [str(root / "wikipedia" / "*.parquet")],
+            "weight": 0.45,
+        },
+        {
+            "name": "gutenberg",
+            "type": "local",
+            "kind": "gutenberg",
+            "data_files": [str(root / "gutenberg" / "*.parquet")],
+            "weight": 0.25,
+        },
+    ]
+
+
+def make_config(tmp: Path, corpus: Path, vocab: int = 512, **prepare) -> JobConfig:
+    """A JobConfig written as YAML and loaded through the real loader."""
+    data = {
+        "model": {
+            "vocab_size": vocab,
+            "d_model": 64,
+            "n_layers": 1,
+            "n_heads": 4,
+            "n_kv_heads": 2,
+            "ffn_dim": 128,
+            "seq_len": 32,
+        },
+        "data": {"dir": str(tmp / "data"), "tokenizer": str(tmp / "tokenizer" / "spm.model")},
+        "tokenizer": {"sample_chars": 400_000, "max_sentence_length": 4096, "num_threads": 2},
+        "prepare": {
+            "sources": sources(corpus),
+            "shuffle_buffer": 50,
+            "val_fraction": 0.2,
+            "num_workers": 1,
+            "batch_docs": 8,
+            "checkpoint_docs": 16,
+            "filters": {"common": {"max_chars": 20_000}},
+            **prepare,
+        },
+    }
+    path = tmp / "config.yaml"
+    tmp.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    return load_config(JobConfig, path)

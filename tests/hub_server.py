@@ -1,0 +1,228 @@
+"""A stand-in Hugging Face Hub on 127.0.0.1 for the sync-data tests.
+
+It speaks the endpoints `huggingface_hub` calls for a snapshot download and a
+commit, with the fields the client reads:
+
+- GET  /api/datasets/{repo}/revision/{rev}      repo info with `sha` and `siblings`
+- GET  /api/datasets/{repo}/tree/{rev}[/path]   file entries (type, oid, size, path)
+- HEAD/GET /datasets/{repo}/resolve/{rev}/{path}  the bytes, with `X-Repo-Commit` and `ETag`
+- POST /api/repos/create
+- POST /api/datasets/{repo}/preupload/{rev}     answers uploadMode "regular" for every file,
+                                                 so the client sends bytes inline (no LFS, no xet)
+- POST /api/datasets/{repo}/commit/{rev}        the ndjson commit
+
+A write needs `Authorization: Bearer <token>`; every Authorization header seen
+is kept so a test can check which token was sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlparse
+
+
+@dataclass
+class Repo:
+    files: dict[str, bytes] = field(default_factory=dict)
+    commits: list[str] = field(default_factory=list)
+    private: bool = False
+
+    @property
+    def sha(self) -> str:
+        return self.commits[-1] if self.commits else "0" * 40
+
+    def commit(self, files: dict[str, bytes]) -> str:
+        self.files.update(files)
+        blob = json.dumps(sorted((k, hashlib.sha1(v).hexdigest()) for k, v in self.files.items())).encode()
+        self.commits.append(hashlib.sha1(blob + str(len(self.commits)).encode()).hexdigest())
+        return self.sha
+
+
+def git_oid(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+class StandInHub:
+    def __init__(self, token: str | None = None):
+        self.token = token
+        self.repos: dict[str, Repo] = {}
+        self.auth_seen: list[str] = []
+        self.corrupt: set[str] = set()  # paths served with one byte flipped
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> StandInHub:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def add_repo(self, repo_id: str, files: dict[str, bytes]) -> Repo:
+        repo = self.repos.setdefault(repo_id, Repo())
+        repo.commit(files)
+        return repo
+
+    def _handler(self):
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _send(self, status: int, body: bytes = b"", headers: dict | None = None, head: bool = False) -> None:
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+
+            def _json(self, obj, status: int = 200) -> None:
+                self._send(status, json.dumps(obj).encode(), {"Content-Type": "application/json"})
+
+            def _error(self, status: int, message: str, code: str = "") -> None:
+                headers = {"Content-Type": "application/json", "X-Error-Message": message}
+                if code:
+                    headers["X-Error-Code"] = code
+                self._send(status, json.dumps({"error": message}).encode(), headers)
+
+            def _authorized(self) -> bool:
+                auth = self.headers.get("Authorization", "")
+                if auth:
+                    hub.auth_seen.append(auth)
+                return hub.token is None or auth == f"Bearer {hub.token}"
+
+            def _body(self) -> bytes:
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _repo(self, repo_id: str) -> Repo | None:
+                repo = hub.repos.get(repo_id)
+                if repo is None or (repo.private and not self._authorized()):
+                    self._error(404, "Repository not found", "RepoNotFound")
+                    return None
+                return repo
+
+            def _revision_ok(self, repo: Repo, rev: str) -> bool:
+                if rev in ("main", repo.sha) or rev in repo.commits:
+                    return True
+                self._error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+                return False
+
+            # --- reads --------------------------------------------------------------
+
+            def do_GET(self) -> None:
+                self._read(head=False)
+
+            def do_HEAD(self) -> None:
+                self._read(head=True)
+
+            def _read(self, head: bool) -> None:
+                self._authorized()
+                path = unquote(urlparse(self.path).path)
+                if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/revision/([^/]+)", path):
+                    repo = self._repo(m[1])
+                    if repo and self._revision_ok(repo, m[2]):
+                        self._json(
+                            {
+                                "id": m[1],
+                                "sha": repo.sha,
+                                "private": repo.private,
+                                "siblings": [{"rfilename": p} for p in sorted(repo.files)],
+                            }
+                        )
+                elif m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/tree/([^/]+)(/.*)?", path):
+                    repo = self._repo(m[1])
+                    if repo and self._revision_ok(repo, m[2]):
+                        prefix = (m[3] or "").strip("/")
+                        entries = [
+                            {"type": "file", "oid": git_oid(data), "size": len(data), "path": p}
+                            for p, data in sorted(repo.files.items())
+                            if not prefix or p.startswith(prefix + "/")
+                        ]
+                        self._json(entries)
+                elif m := re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
+                    repo = self._repo(m[1])
+                    if repo and self._revision_ok(repo, m[2]):
+                        data = repo.files.get(m[3])
+                        if data is None:
+                            self._error(404, "Entry not found", "EntryNotFound")
+                            return
+                        if m[3] in hub.corrupt:
+                            data = bytes([data[0] ^ 0xFF]) + data[1:]
+                        headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{git_oid(repo.files[m[3]])}"'}
+                        rng = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+                        if rng and not head:
+                            start = int(rng[1])
+                            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+                            self._send(206, data[start:], headers)
+                        else:
+                            self._send(200, data, headers, head=head)
+                else:
+                    self._error(404, f"no route for {path}")
+
+            # --- writes -------------------------------------------------------------
+
+            def do_POST(self) -> None:
+                path = unquote(urlparse(self.path).path)
+                body = self._body()
+                if not self._authorized():
+                    self._error(401, "Invalid credentials in Authorization header")
+                    return
+                if path == "/api/repos/create":
+                    req = json.loads(body)
+                    repo_id = f"{req['organization']}/{req['name']}" if req.get("organization") else req["name"]
+                    if "/" not in repo_id:
+                        repo_id = f"user/{repo_id}"
+                    private = req.get("visibility") == "private" or bool(req.get("private"))
+                    repo = hub.repos.setdefault(repo_id, Repo(private=private))
+                    self._json({"url": f"{hub.url}/datasets/{repo_id}", "name": repo_id, "id": repo_id})
+                elif m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/preupload/([^/]+)", path):
+                    repo = self._repo(m[1])
+                    if repo:
+                        files = json.loads(body)["files"]
+                        self._json(
+                            {
+                                "files": [
+                                    {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
+                                ]
+                            }
+                        )
+                elif m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/commit/([^/]+)", path):
+                    repo = self._repo(m[1])
+                    if repo:
+                        added = {}
+                        for line in body.splitlines():
+                            item = json.loads(line)
+                            if item["key"] == "file":
+                                added[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                            elif item["key"] != "header":
+                                self._error(400, f"stand-in hub: unsupported commit operation {item['key']}")
+                                return
+                        sha = repo.commit(added)
+                        self._json(
+                            {
+                                "commitUrl": f"{hub.url}/datasets/{m[1]}/commit/{sha}",
+                                "commitOid": sha,
+                                "pullRequestUrl": None,
+                            }
+                        )
+                else:
+                    self._error(404, f"no route for {path}")
+
+        return Handler
