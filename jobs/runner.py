@@ -330,16 +330,22 @@ def export(
     smoke: SmokeOpt = False,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default: final, else best, else latest).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: runs/<run>/hf).")] = None,
+    push: Annotated[Optional[str], typer.Option(help="Also upload to this Hub model repo (token from HF_TOKEN).")] = None,
 ) -> None:
-    """Write a transformers LlamaForCausalLM (config.json, model.safetensors) and its tokenizer."""
-    from jobs.export import export as export_model
+    """Write a transformers LlamaForCausalLM (config.json, model.safetensors), its tokenizer and a model card."""
+    from jobs import export as ex
+    from trainer.data import read_meta
 
     cfg = load_or_exit(config, set_, smoke)
 
     def body() -> None:
         folder = checkpoint or default_checkpoint(cfg)
-        target = export_model(folder, out or run_dir(cfg) / "hf", cfg.model, Path(cfg.data.tokenizer))
+        meta = read_meta(cfg.data.dir) if (Path(cfg.data.dir) / "data_meta.json").is_file() else None
+        card = ex.model_card(run_dir(cfg), cfg.model, meta, cfg.cost.hourly_rate)
+        target = ex.export(folder, out or run_dir(cfg) / "hf", cfg.model, Path(cfg.data.tokenizer), card)
         print(f"exported {folder} -> {target} (load with AutoModelForCausalLM.from_pretrained)")
+        if push:
+            print(f"pushed to {push} at {ex.push(target, push)[:12]}")
 
     run_job("export", cfg, body)
 

@@ -10,6 +10,10 @@ commit, with the fields the client reads:
 - POST /api/datasets/{repo}/preupload/{rev}     answers uploadMode "regular" for every file,
                                                  so the client sends bytes inline (no LFS, no xet)
 - POST /api/datasets/{repo}/commit/{rev}        the ndjson commit
+- POST /api/validate-yaml                       a README.md's YAML front matter
+
+Model repos are the same under /api/models/... and /{repo}/resolve/...;
+repo ids are kept as "datasets/<id>" and "models/<id>".
 
 A write needs `Authorization: Bearer <token>`; every Authorization header seen
 is kept so a test can check which token was sent.
@@ -25,6 +29,8 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
+
+import yaml
 
 
 @dataclass
@@ -70,8 +76,8 @@ class StandInHub:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def add_repo(self, repo_id: str, files: dict[str, bytes]) -> Repo:
-        repo = self.repos.setdefault(repo_id, Repo())
+    def add_repo(self, repo_id: str, files: dict[str, bytes], repo_type: str = "dataset") -> Repo:
+        repo = self.repos.setdefault(f"{repo_type}s/{repo_id}", Repo())
         repo.commit(files)
         return repo
 
@@ -135,18 +141,20 @@ class StandInHub:
             def _read(self, head: bool) -> None:
                 self._authorized()
                 path = unquote(urlparse(self.path).path)
-                if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/revision/([^/]+)", path):
+                if m := re.fullmatch(r"/api/(datasets|models)/([^/]+/[^/]+)/revision/([^/]+)", path):
+                    m = (None, f"{m[1]}/{m[2]}", m[3], m[2])
                     repo = self._repo(m[1])
                     if repo and self._revision_ok(repo, m[2]):
                         self._json(
                             {
-                                "id": m[1],
+                                "id": m[3],
                                 "sha": repo.sha,
                                 "private": repo.private,
                                 "siblings": [{"rfilename": p} for p in sorted(repo.files)],
                             }
                         )
-                elif m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/tree/([^/]+)(/.*)?", path):
+                elif m := re.fullmatch(r"/api/(datasets|models)/([^/]+/[^/]+)/tree/([^/]+)(/.*)?", path):
+                    m = (None, f"{m[1]}/{m[2]}", m[3], m[4])
                     repo = self._repo(m[1])
                     if repo and self._revision_ok(repo, m[2]):
                         prefix = (m[3] or "").strip("/")
@@ -156,7 +164,8 @@ class StandInHub:
                             if not prefix or p.startswith(prefix + "/")
                         ]
                         self._json(entries)
-                elif m := re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
+                elif m := re.fullmatch(r"/(datasets/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
+                    m = (None, f"{'datasets' if m[1] else 'models'}/{m[2]}", m[3], m[4])
                     repo = self._repo(m[1])
                     if repo and self._revision_ok(repo, m[2]):
                         data = repo.files.get(m[3])
@@ -184,15 +193,27 @@ class StandInHub:
                 if not self._authorized():
                     self._error(401, "Invalid credentials in Authorization header")
                     return
-                if path == "/api/repos/create":
+                if path == "/api/validate-yaml":  # a README.md's front matter; the real Hub checks its schema
+                    content = json.loads(body)["content"]
+                    front = content.split("---")[1] if content.startswith("---") else ""
+                    try:
+                        yaml.safe_load(front)
+                    except yaml.YAMLError as e:
+                        self._json({"errors": [{"message": str(e)}], "warnings": []}, status=400)
+                        return
+                    self._json({"errors": [], "warnings": []})
+                elif path == "/api/repos/create":
                     req = json.loads(body)
                     repo_id = f"{req['organization']}/{req['name']}" if req.get("organization") else req["name"]
                     if "/" not in repo_id:
                         repo_id = f"user/{repo_id}"
+                    kind = "datasets" if req.get("type") == "dataset" else "models"
                     private = req.get("visibility") == "private" or bool(req.get("private"))
-                    repo = hub.repos.setdefault(repo_id, Repo(private=private))
-                    self._json({"url": f"{hub.url}/datasets/{repo_id}", "name": repo_id, "id": repo_id})
-                elif m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/preupload/([^/]+)", path):
+                    hub.repos.setdefault(f"{kind}/{repo_id}", Repo(private=private))
+                    prefix = "datasets/" if kind == "datasets" else ""
+                    self._json({"url": f"{hub.url}/{prefix}{repo_id}", "name": repo_id, "id": repo_id})
+                elif m := re.fullmatch(r"/api/(datasets|models)/([^/]+/[^/]+)/preupload/([^/]+)", path):
+                    m = (None, f"{m[1]}/{m[2]}", m[3])
                     repo = self._repo(m[1])
                     if repo:
                         files = json.loads(body)["files"]
@@ -203,7 +224,8 @@ class StandInHub:
                                 ]
                             }
                         )
-                elif m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/commit/([^/]+)", path):
+                elif m := re.fullmatch(r"/api/(datasets|models)/([^/]+/[^/]+)/commit/([^/]+)", path):
+                    m = (None, f"{m[1]}/{m[2]}", m[3])
                     repo = self._repo(m[1])
                     if repo:
                         added = {}
@@ -217,7 +239,7 @@ class StandInHub:
                         sha = repo.commit(added)
                         self._json(
                             {
-                                "commitUrl": f"{hub.url}/datasets/{m[1]}/commit/{sha}",
+                                "commitUrl": f"{hub.url}/{m[1]}/commit/{sha}",
                                 "commitOid": sha,
                                 "pullRequestUrl": None,
                             }

@@ -50,7 +50,7 @@ def elsewhere(cfg, tmp: Path, repo: str = "team/data"):
 def test_push_then_pull_round_trips_verified_and_token_stays_secret(prepared, server, tmp_path, capfd):
     cfg = dataclasses.replace(prepared, hub=dataclasses.replace(prepared.hub, repo_id="team/data"))
     commit = hub.push(cfg)
-    repo = server.repos["team/data"]
+    repo = server.repos["datasets/team/data"]
     assert repo.sha == commit and repo.private
     assert set(repo.files) == {
         "train.bin",
@@ -145,4 +145,4 @@ def test_missing_repo_and_missing_token_are_one_line_errors(prepared, server, tm
     monkeypatch.delenv("HF_TOKEN")
     with pytest.raises(UserError, match="HF_TOKEN"):
         hub.push(prepared)
-    assert "nobody/nothing" not in server.repos
+    assert "datasets/nobody/nothing" not in server.repos
