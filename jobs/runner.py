@@ -202,9 +202,8 @@ def train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     smoke: SmokeOpt = False,
-    resume: Annotated[
-        Optional[str], typer.Option(help="'latest' or a checkpoint folder to continue from exactly.")
-    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue exactly from the run's latest checkpoint.")] = False,
+    resume_from: Annotated[Optional[Path], typer.Option(help="Continue exactly from this checkpoint folder.")] = None,
     stop_at: Annotated[Optional[int], typer.Option(help="Checkpoint and stop after this step (the schedule is unchanged).")] = None,
     num_processes: Annotated[Optional[int], typer.Option(help="Processes (one per GPU); default: every GPU.")] = None,
 ) -> None:
@@ -213,16 +212,17 @@ def train(
     from trainer.train import train as train_loop
 
     cfg = load_or_exit(config, set_, smoke)
+    start = str(resume_from) if resume_from else "latest" if resume else None
     if os.environ.get("WORLD_SIZE"):  # a worker started by accelerate launch: just train
-        run_job("train", cfg, lambda: train_loop(cfg, resume=resume, stop_at=stop_at).state, record=False)
+        run_job("train", cfg, lambda: train_loop(cfg, resume=start, stop_at=stop_at).state, record=False)
         return
     n = num_processes or gpu_count()
 
     def body() -> str:
-        prepare_run_dir(cfg, resume, smoke)
+        prepare_run_dir(cfg, start, smoke)
         cost.guard(cfg, num_processes=n)
         if n == 1:
-            return train_loop(cfg, resume=resume, stop_at=stop_at).state
+            return train_loop(cfg, resume=start, stop_at=stop_at).state
         return launch_workers(n)
 
     run_job("train", cfg, body)
@@ -374,7 +374,7 @@ def pipeline(config: ConfigOpt = None, set_: SetOpt = None, smoke: SmokeOpt = Fa
         ("tokenizer", ["tokenizer"], tokenizer_done),
         ("prepare", ["prepare"], prepare_done),
         ("benchmark", ["benchmark"], benchmark_done),
-        ("train", ["train", "--resume", "latest"] if has_checkpoint(cfg) else ["train"], train_done),
+        ("train", ["train", "--resume"] if has_checkpoint(cfg) else ["train"], train_done),
         ("eval", ["eval"], eval_done),
     ]
 

@@ -115,7 +115,7 @@ def test_sigterm_stops_with_a_checkpoint_then_resume_continues(workdir):
     assert (workdir / "runs" / "smoke" / "checkpoints" / f"step_{stopped_at:06d}" / "model.safetensors").is_file()
 
     args[args.index("train.max_steps=400")] = f"train.max_steps={stopped_at + 5}"
-    p = jobs(*args, "--resume", "latest", cwd=workdir, check=0)
+    p = jobs(*args, "--resume", cwd=workdir, check=0)
     assert f"resumed from" in p.stdout and job_json(workdir)["state"] == "succeeded"
     assert max(losses(workdir, "smoke")) == stopped_at + 5
 
