@@ -91,3 +91,14 @@ def test_lr_schedule_warmup_then_cosine_to_min():
     assert lrs[60] == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lrs[110] == pytest.approx(1e-4) and lrs[119] == pytest.approx(1e-4)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+
+
+@pytest.mark.slow
+def test_bf16_and_compile_path_trains(workdir):
+    """The GPU settings (bf16 autocast, torch.compile) run through the same loop; here on the CPU."""
+    res = train(tiny_config("train.precision=bf16", "train.compile=true", "train.max_steps=6",
+                            "train.overfit_check.enabled=false", "train.eval_interval=6"))
+    losses = train_losses(res.run_dir)
+    assert res.state == "succeeded" and all(math.isfinite(v) for v in losses.values())
+    assert losses[6] < losses[1]
+    assert checkpoint.read_state(res.run_dir / "checkpoints" / "final")["step"] == 6
