@@ -30,7 +30,8 @@ def vast(tmp_path, monkeypatch):
 
 
 def provider(**cfg) -> VastProvider:
-    return VastProvider(VastConfig(poll_interval_s=0.01, ready_timeout_s=5, **cfg), public_key="ssh-ed25519 AAAAtest k", key_file="/k")
+    cfg = {"poll_interval_s": 0.01, "ready_timeout_s": 5.0, **cfg}
+    return VastProvider(VastConfig(**cfg), public_key="ssh-ed25519 AAAAtest k", key_file="/k")
 
 
 class Ledger:

@@ -1,0 +1,606 @@
+"""`launcher`: rent or reach a GPU host, run jobs there in tmux, follow them, bring results home.
+
+    launcher offers                      Vast offers that fit configs/launcher.yaml
+    launcher up --provider vast          rent, wait for SSH, start the job in tmux
+    launcher status | logs -f | pull     follow it and bring back checkpoints
+    launcher down [--pull]               stop the job, destroy the instance (idempotent)
+    launcher ssh [--attach] | ls         a shell on the host; everything the launcher knows of
+
+Every deployment is recorded in a local state file right after it is created,
+so an instance is never forgotten and left billing.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from launcher.config import LauncherConfig, load_launcher_config
+from launcher.image import image_app
+from launcher.providers import Instance, Provider, get_provider
+from launcher.remote import CONNECTION_ERRORS, Remote, interactive_ssh, local_rsync, rsync_pull, sftp_pull
+from launcher.state import JobInfo, Record, State
+from trainer.errors import UserError
+
+app = typer.Typer(
+    help="Rent a Vast.ai GPU or reach a Colab / SSH host, run jobs in tmux, tail logs, pull results, tear down.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+console = Console(stderr=True)
+out = Console()
+
+app.add_typer(image_app, name="image")
+
+LauncherConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--launcher-config", "-L", envvar="LAUNCHER_CONFIG", help="Launcher YAML (default: configs/launcher.yaml)."),
+]
+OptOpt = Annotated[
+    Optional[list[str]], typer.Option("--opt", "-o", help="Override a launcher key: [bold]-o vast.max_dph=0.5[/] (repeatable).")
+]
+NameOpt = Annotated[Optional[str], typer.Option("--name", "-n", help="Deployment name (default: the config's `name`).")]
+
+
+@dataclass
+class Ctx:
+    cfg: LauncherConfig
+    state: State
+    name: str
+
+    def record(self) -> Record:
+        rec = self.state.get(self.name)
+        if rec is None:
+            known = ", ".join(sorted(self.state.load())) or "none"
+            raise UserError(f"no deployment named {self.name!r} (known: {known}); `launcher up` first")
+        return rec
+
+
+def setup(launcher_config: Path | None, opts: list[str] | None, name: str | None) -> Ctx:
+    cfg = load_launcher_config(launcher_config, opts or [])
+    return Ctx(cfg, State(cfg.state_dir), name or cfg.name)
+
+
+def connect(ctx: Ctx, rec: Record, timeout_s: float | None = None, quiet: bool = True) -> Remote:
+    if rec.ssh is None:
+        raise UserError(f"deployment {rec.name!r} never became reachable; `launcher down --name {rec.name}` clears it")
+    remote = Remote(rec.ssh, rec.workdir, rec.tmux_socket)
+    return remote.connect(timeout_s if timeout_s is not None else ctx.cfg.remote.connect_timeout_s, quiet=quiet)
+
+
+def provider_for(ctx: Ctx, rec: Record | None = None) -> Provider:
+    return get_provider(ctx.cfg, rec.provider if rec else None)
+
+
+# --- offers ----------------------------------------------------------------------------
+
+
+@app.command()
+def offers(
+    launcher_config: LauncherConfigOpt = None,
+    opt: OptOpt = None,
+    gpu: Annotated[Optional[list[str]], typer.Option(help="GPU model, Vast's name (repeatable), e.g. 'RTX 4090'.")] = None,
+    max_dph: Annotated[Optional[float], typer.Option(help="$/h cap for the machine.")] = None,
+    interruptible: Annotated[Optional[bool], typer.Option("--interruptible/--on-demand", help="Bid or on-demand offers.")] = None,
+) -> None:
+    """The Vast offers that fit the config, cheapest first."""
+    ctx = setup(launcher_config, opt, None)
+    apply_vast_flags(ctx.cfg, gpu, max_dph, interruptible, None)
+    rows = get_provider(ctx.cfg, "vast").find()
+    if not rows:
+        raise UserError("no Vast offer fits the config (vast.gpu_names, max_dph, min_reliability, ...): loosen it")
+    table = Table(title=f"Vast offers ({'interruptible' if ctx.cfg.vast.interruptible else 'on-demand'})")
+    for col in ("offer", "GPU", "$/h", "reliability", "disk GB", "inet down Mb/s", "CUDA", "where"):
+        table.add_column(col, justify="right" if col not in ("GPU", "where") else "left")
+    for o in rows:
+        table.add_row(o.id, f"{o.num_gpus}x {o.gpu_name}", f"{o.price_per_hour:.3f}", f"{o.reliability:.3f}",
+                      f"{o.disk_gb:.0f}", f"{o.inet_down:.0f}", f"{o.cuda:.1f}", o.location)
+    out.print(table)
+    console.print(f"{len(rows)} offers; `launcher up --provider vast` rents the first")
+
+
+def apply_vast_flags(cfg: LauncherConfig, gpu, max_dph, interruptible, image) -> None:
+    if gpu:
+        cfg.vast.gpu_names = list(gpu)
+    if max_dph is not None:
+        cfg.vast.max_dph = max_dph
+    if interruptible is not None:
+        cfg.vast.interruptible = interruptible
+    if image:
+        cfg.vast.image = image
+
+
+# --- up --------------------------------------------------------------------------------
+
+
+@dataclass
+class JobPlan:
+    job: str
+    run: str
+    steps: list[str]  # shell commands run in order in the tmux session
+    uploads: dict[str, bytes]  # host path -> content, written before the job starts
+
+
+def plan_job(cfg: LauncherConfig, job: str) -> JobPlan:
+    """Validate the training config here, before anything is rented, and build the host commands."""
+    from trainer.config import apply_overrides, load_config, read_yaml
+
+    from jobs.config import JobConfig
+
+    jobs, jc = cfg.remote.jobs_command, cfg.job
+
+    def commands(config_flag: str) -> list[str]:
+        # `{config}` in a before-step is the job's own config flag, so sync-data pulls the data that job reads.
+        return [f"{jobs} {b.replace('{config}', config_flag)}".rstrip() for b in jc.before] + [f"{jobs} {job} {config_flag}".rstrip()]
+
+    if jc.smoke:
+        return JobPlan(job, "smoke", commands("--smoke"), {})
+    if not jc.config:
+        return JobPlan(job, job, commands(""), {})
+    train_cfg = load_config(JobConfig, jc.config, jc.set)  # a bad key stops here with one line
+    run = train_cfg.train.run_name
+    # The host gets one self-contained file: the base chain merged, the overrides applied.
+    merged = apply_overrides(read_yaml(jc.config), jc.set, jc.config)
+    remote_config = f"{cfg.remote.workdir}/.launcher/{run}.yaml"
+    uploads = {remote_config: yaml.safe_dump(merged, sort_keys=False).encode()}
+    return JobPlan(job, run, commands(f"--config {shlex.quote(remote_config)}"), uploads)
+
+
+def ensure_ssh_key(path: Path) -> str:
+    """The public key the rented host must trust; made with ssh-keygen the first time."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "llm-forge-launcher", "-f", str(path)], check=True)
+        console.print(f"made a new SSH key {path}")
+    pub = Path(f"{path}.pub")
+    if not pub.exists():
+        raise UserError(f"{pub} is missing: the launcher needs the public half of {path}")
+    return pub.read_text().strip()
+
+
+def build_wheel() -> Path:
+    """This checkout as a wheel (for hosts without the image, like Colab)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").exists():
+        raise UserError("no checkout to build a wheel from: set colab.wheel to a built llm_forge wheel")
+    dist = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm-forge" / "wheels"
+    dist.mkdir(parents=True, exist_ok=True)
+    for old in dist.glob("llm_forge-*.whl"):
+        old.unlink()
+    with console.status("building the project's wheel"):
+        # A fixed zip timestamp makes the same sources give the same wheel, so the host can tell it already has it.
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(root)],
+                              capture_output=True, text=True, env={**os.environ, "SOURCE_DATE_EPOCH": "315532800"})
+    wheels = sorted(dist.glob("llm_forge-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        raise UserError(f"building the wheel failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return wheels[-1]
+
+
+class StateLedger:
+    """Records each instance the provider creates, the moment it exists."""
+
+    def __init__(self, state: State, record: Record):
+        self.state, self.record = state, record
+
+    def created(self, instance: Instance) -> None:
+        self.record.instance_id, self.record.price_per_hour = instance.id, instance.price_per_hour
+        self.record.created_at = time.time()
+        self.state.put(self.record)
+
+    def destroyed(self, instance: Instance) -> None:
+        self.record.instance_id = None  # the label stays recorded until up ends, for `down` to look up
+        self.state.put(self.record)
+
+
+@app.command()
+def up(
+    provider: Annotated[Optional[str], typer.Option(help="vast | colab | ssh (default: the config's).")] = None,
+    job: Annotated[Optional[str], typer.Option(help="The `jobs` command to run: train, pipeline, ...")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="Training config (read and checked here, sent to the host).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a training key (repeatable).")] = None,
+    smoke: Annotated[bool, typer.Option("--smoke", help="The tiny CPU training run (`jobs train --smoke`).")] = False,
+    host: Annotated[Optional[str], typer.Option(help="colab: the *.trycloudflare.com name; ssh: a host or ~/.ssh/config name.")] = None,
+    gpu: Annotated[Optional[list[str]], typer.Option(help="vast: GPU model (repeatable).")] = None,
+    max_dph: Annotated[Optional[float], typer.Option(help="vast: $/h cap.")] = None,
+    interruptible: Annotated[Optional[bool], typer.Option("--interruptible/--on-demand", help="vast: bid or on-demand.")] = None,
+    image: Annotated[Optional[str], typer.Option(help="vast: the image to run.")] = None,
+    name: NameOpt = None,
+    launcher_config: LauncherConfigOpt = None,
+    opt: OptOpt = None,
+) -> None:
+    """Provision or connect, prepare the host, start the job in tmux, print how to follow it."""
+    ctx = setup(launcher_config, opt, name)
+    cfg = ctx.cfg
+    cfg.provider = provider or cfg.provider
+    if cfg.provider not in ("vast", "colab", "ssh"):
+        raise UserError(f"--provider must be vast, colab or ssh, not {cfg.provider!r}")
+    apply_vast_flags(cfg, gpu, max_dph, interruptible, image)
+    if host:
+        cfg.colab.host = cfg.ssh.host = host
+    if config:
+        cfg.job.config = config
+    cfg.job.set += set_ or []
+    cfg.job.smoke = smoke or cfg.job.smoke
+    job = job or cfg.job.job
+    if existing := ctx.state.get(ctx.name):
+        where = existing.instance_id or (existing.ssh.host if existing.ssh else existing.label)
+        raise UserError(f"deployment {ctx.name!r} is already up ({existing.provider} {where}): `launcher down -n {ctx.name}` first, or --name another")
+
+    plan = plan_job(cfg, job)
+    env = {k: os.environ[k] for k in cfg.remote.forward_env if os.environ.get(k)}
+    public_key = ensure_ssh_key(Path(cfg.ssh_key).expanduser()) if cfg.provider == "vast" else None
+    prov = get_provider(cfg, public_key=public_key)
+    label = f"{cfg.vast.label_prefix}-{ctx.name}-{int(time.time())}"
+    rec = Record(name=ctx.name, provider=prov.name, label=label, workdir=cfg.remote.workdir,
+                 jobs_command=cfg.remote.jobs_command, tmux_socket=cfg.remote.tmux_socket)
+    if prov.rents:
+        ctx.state.put(rec)  # the label is on record before the purchase, so even an ambiguous create is found
+    try:
+        _, target = prov.provision(label, StateLedger(ctx.state, rec))
+        rec.ssh = target
+        remote = Remote(target, rec.workdir, rec.tmux_socket).connect(cfg.remote.connect_timeout_s, quiet=False)
+        ctx.state.put(rec)  # now with the pinned host key
+        ctx.state.write_ssh_files(rec)
+        console.print(f"connected to {target.user}@{target.host}:{target.port} (host key pinned)")
+        remote.prepare(env)
+        if prov.name == "colab" and cfg.colab.install:
+            remote.install_wheel(Path(cfg.colab.wheel).expanduser() if cfg.colab.wheel else build_wheel(), cfg.colab.install_command)
+        for path, data in plan.uploads.items():
+            remote.write_file(path, data)
+        session = plan.job
+        remote.start_job(session, plan.steps)
+        rec.job = JobInfo(job=plan.job, run=plan.run, session=session)
+        ctx.state.put(rec)
+        remote.close()
+    except BaseException as e:
+        abandon(ctx, prov, rec, e)
+        raise
+    flag = "" if ctx.name == ctx.cfg.name else f" -n {ctx.name}"
+    console.print(f"[green]started[/] `{plan.job}` (run {plan.run}) in tmux session {session!r} on {prov.name}"
+                  + (f" instance {rec.instance_id} at ${rec.price_per_hour:.3f}/h" if rec.instance_id else ""))
+    console.print(f"follow it:  launcher logs -f{flag}   |   launcher status{flag}   |   launcher pull{flag}   |   launcher down{flag}")
+
+
+def abandon(ctx: Ctx, prov: Provider, rec: Record, error: BaseException) -> None:
+    """`up` failed or was interrupted: destroy what it rented, or leave it on record for `down`."""
+    why = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+    if not prov.rents:
+        ctx.state.remove(rec.name)
+        return
+    try:
+        instance_id = rec.instance_id or _find_by_label(prov, rec.label)
+        if instance_id:
+            console.print(f"[yellow]up {why}: destroying instance {instance_id}[/]")
+            prov.destroy(instance_id)
+        ctx.state.remove(rec.name)
+    except BaseException as e:  # even a second Ctrl-C: the record stays for `launcher down`
+        console.print(f"[red]could not destroy instance {rec.instance_id or rec.label} ({type(e).__name__}: {e}); "
+                      f"it stays recorded: run `launcher down -n {rec.name}`[/]")
+
+
+def _find_by_label(prov: Provider, label: str) -> str | None:
+    return next((i.id for i in prov.list() if i.label == label), None)
+
+
+# --- status ----------------------------------------------------------------------------
+
+
+@app.command()
+def status(name: NameOpt = None, launcher_config: LauncherConfigOpt = None, opt: OptOpt = None) -> None:
+    """Instance state, job state (job.json), last metrics, money spent and projected."""
+    ctx = setup(launcher_config, opt, name)
+    rec = ctx.record()
+    table = Table(show_header=False, title=f"deployment {rec.name}")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("provider", rec.provider + (f"  instance {rec.instance_id}" if rec.instance_id else ""))
+    if rec.instance_id:
+        inst = provider_for(ctx, rec).get(rec.instance_id)
+        table.add_row("instance", "gone" if inst is None else (inst.status + (f" ({inst.message})" if inst.message else "")))
+    if rec.ssh:
+        table.add_row("ssh", f"{rec.ssh.user}@{rec.ssh.host}:{rec.ssh.port}")
+    hours = (time.time() - rec.created_at) / 3600
+    spent = hours * rec.price_per_hour
+    eta_s = None
+    job_state = "no job"
+    if rec.job and rec.ssh:
+        remote = connect(ctx, rec, timeout_s=30)
+        try:
+            record = remote.job_record(rec.job.run)
+            code = remote.exit_code(rec.job.session)
+            alive = remote.job_alive(rec.job.session)
+            metrics = remote.last_metrics(rec.job.run)
+            job_state = describe_job(rec.job, record, code, alive)
+            table.add_row("job", job_state)
+            if m := metrics.train:
+                eta_s = m.get("eta_s")
+                parts = [f"step {m.get('step')}", f"loss {m.get('loss'):.4f}" if isinstance(m.get("loss"), (int, float)) else "",
+                         f"{m.get('tokens_per_s', 0) or 0:,.0f} tok/s", f"MFU {m['mfu']:.1%}" if m.get("mfu") else "",
+                         f"ETA {fmt_duration(eta_s)}" if eta_s is not None and alive else ""]
+                table.add_row("train", "  ".join(p for p in parts if p))
+            if m := metrics.eval:
+                table.add_row("eval", f"step {m.get('step')}  val_loss {m.get('val_loss'):.4f}")
+            failed = (record and record.get("state") == "failed") or (code not in (None, 0) and not alive)
+            if failed:
+                table.add_row("log tail", remote.log_tail(rec.job.session, 15))
+        finally:
+            remote.close()
+    money = f"${spent:.2f} over {fmt_duration(hours * 3600)} at ${rec.price_per_hour:.3f}/h"
+    if eta_s and rec.price_per_hour:
+        money += f"; projected ${spent + eta_s / 3600 * rec.price_per_hour:.2f} at the end"
+    table.add_row("cost", money if rec.price_per_hour else "free (not rented by the launcher)")
+    out.print(table)
+
+
+def describe_job(job: JobInfo, record: dict | None, code: int | None, alive: bool) -> str:
+    if record and record.get("job") == job.job and record.get("started_at", 0) >= job.started_at - 60:
+        state = record["state"]
+        if state == "running" and not alive and code is not None:
+            state = "failed"  # the process died without finishing its record (killed, OOM)
+        extra = f", exit code {record['exit_code']}" if record.get("exit_code") not in (None, 0) else ""
+        if state == "failed" and record.get("exit_code") is None and code is not None:
+            extra = f", exit code {code}"
+        err = f": {record['error']}" if record.get("error") else ""
+        return f"{job.job} {state}{extra}{err}"
+    if alive:
+        return f"{job.job} preparing (the steps before it are running, e.g. sync-data)"
+    if code is not None:
+        return f"{job.job} {'succeeded' if code == 0 else 'failed'}, exit code {code}"
+    return f"{job.job} not running"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+# --- logs ------------------------------------------------------------------------------
+
+
+@app.command()
+def logs(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following; reconnect when the connection drops.")] = False,
+    lines: Annotated[int, typer.Option(help="Lines of the tail to show (without -f).")] = 50,
+    name: NameOpt = None,
+    launcher_config: LauncherConfigOpt = None,
+    opt: OptOpt = None,
+) -> None:
+    """The job's log; -f follows it until the job ends."""
+    ctx = setup(launcher_config, opt, name)
+    rec = ctx.record()
+    if rec.job is None:
+        raise UserError(f"no job was started on {rec.name!r}")
+    session = rec.job.session
+    remote = connect(ctx, rec)
+    if not follow:
+        print(remote.log_tail(session, lines))
+        remote.close()
+        return
+    stdout = sys.stdout.buffer
+    offset, reconnects = 0, 0
+    try:
+        while True:
+            try:
+                chunk = remote.read_log_from(session, offset)
+                if chunk:
+                    stdout.write(chunk)
+                    stdout.flush()
+                    offset += len(chunk)
+                    continue
+                if remote.job_finished(session):
+                    tail = remote.read_log_from(session, offset)  # whatever landed after the last read
+                    stdout.write(tail)
+                    stdout.flush()
+                    code = remote.exit_code(session)
+                    console.print(f"[{'green' if code == 0 else 'red'}]job ended with exit code {code}[/]")
+                    return
+                time.sleep(0.5)
+            except CONNECTION_ERRORS as e:
+                reconnects += 1
+                console.print(f"[yellow]connection lost ({type(e).__name__}); reconnecting (attempt {reconnects})[/]")
+                remote.close()
+                remote = connect(ctx, rec)  # bounded by remote.connect_timeout_s; resumes at `offset`
+    finally:
+        remote.close()
+
+
+# --- pull ------------------------------------------------------------------------------
+
+
+@app.command()
+def pull(
+    dest: Annotated[Optional[Path], typer.Option(help="Local folder for runs (default: pull.dest).")] = None,
+    name: NameOpt = None,
+    launcher_config: LauncherConfigOpt = None,
+    opt: OptOpt = None,
+) -> None:
+    """Checkpoints (latest, best, final), samples, metrics and eval into <dest>/<run>/; only new bytes move."""
+    ctx = setup(launcher_config, opt, name)
+    do_pull(ctx, ctx.record(), dest)
+
+
+def do_pull(ctx: Ctx, rec: Record, dest: Path | None) -> None:
+    if rec.job is None:
+        raise UserError(f"no job was started on {rec.name!r}: nothing to pull")
+    cfg = ctx.cfg.pull
+    local = (dest or Path(cfg.dest)) / rec.job.run
+    remote = connect(ctx, rec)
+    try:
+        append_only, rewritten = remote.pull_plan(rec.job.run, cfg.checkpoints, cfg.files)
+        if not append_only and not rewritten:
+            console.print(f"nothing to pull yet in {remote.run_dir(rec.job.run)}")
+            return
+        method = cfg.method
+        if method == "auto":
+            method = "rsync" if local_rsync() and remote.has_rsync() else "sftp"
+        remote_dir = remote.run_dir(rec.job.run)
+        if method == "rsync":
+            ssh_config = ctx.state.ssh_config_path(rec.name)
+            if not ssh_config.exists():
+                ctx.state.write_ssh_files(rec)
+            a = rsync_pull(ssh_config, rec.name, remote_dir, append_only, local, append=True, label="checkpoints, metrics")
+            b = rsync_pull(ssh_config, rec.name, remote_dir, rewritten, local, append=False, label="job files, samples")
+        else:
+            a = sftp_pull(remote, remote_dir, append_only, local, append=True, label="checkpoints, metrics")
+            b = sftp_pull(remote, remote_dir, rewritten, local, append=False, label="job files, samples")
+    finally:
+        remote.close()
+    console.print(f"[green]pulled[/] {a.files + b.files} files, {(a.bytes + b.bytes) / 1e6:.2f} MB new, into {local} (via {method})")
+
+
+# --- down ------------------------------------------------------------------------------
+
+
+@app.command()
+def down(
+    pull_first: Annotated[bool, typer.Option("--pull", help="Pull the results before tearing down.")] = False,
+    instance_id: Annotated[Optional[str], typer.Option("--instance-id", help="vast: destroy this instance even if not on record (see `ls`).")] = None,
+    name: NameOpt = None,
+    launcher_config: LauncherConfigOpt = None,
+    opt: OptOpt = None,
+) -> None:
+    """Optionally pull, then stop the job and destroy the instance. Safe to repeat."""
+    ctx = setup(launcher_config, opt, name)
+    if instance_id:
+        gone = not get_provider(ctx.cfg, "vast").destroy(instance_id)
+        console.print(f"instance {instance_id} {'was already gone' if gone else 'destroyed'}")
+        return
+    rec = ctx.state.get(ctx.name)
+    if rec is None:
+        console.print(f"nothing to tear down: no deployment named {ctx.name!r}")
+        return
+    prov = provider_for(ctx, rec)
+    reachable = rec.ssh is not None and (rec.instance_id is None or prov.get(rec.instance_id) is not None)
+    if reachable and rec.job:
+        try:
+            if pull_first:
+                do_pull(ctx, rec, None)
+            remote = connect(ctx, rec, timeout_s=min(ctx.cfg.remote.connect_timeout_s, 60))
+            remote.stop_job(rec.job.session, rec.job.run)
+            remote.close()
+            console.print(f"stopped the job in tmux session {rec.job.session!r}")
+        except UserError as e:
+            if not prov.rents:
+                raise
+            console.print(f"[yellow]could not reach the host to stop the job ({e}); destroying it anyway[/]")
+    if prov.rents:
+        instance_id = rec.instance_id or _find_by_label(prov, rec.label)
+        if instance_id:
+            gone = not prov.destroy(instance_id)
+            console.print(f"instance {instance_id} {'was already gone' if gone else 'destroyed'}")
+    ctx.state.remove(rec.name)
+    for path in (ctx.state.ssh_config_path(rec.name), ctx.state.known_hosts_path(rec.name)):
+        path.unlink(missing_ok=True)
+    console.print(f"[green]down[/]: {rec.name!r} removed from the launcher's record")
+
+
+# --- ssh, ls ---------------------------------------------------------------------------
+
+
+@app.command()
+def ssh(
+    attach: Annotated[bool, typer.Option("--attach", "-a", help="Attach to the job's tmux session.")] = False,
+    name: NameOpt = None,
+    launcher_config: LauncherConfigOpt = None,
+    opt: OptOpt = None,
+) -> None:
+    """An interactive shell on the host (OpenSSH, trusting only the pinned host key)."""
+    ctx = setup(launcher_config, opt, name)
+    rec = ctx.record()
+    if rec.ssh is None or not rec.ssh.host_key:
+        raise UserError(f"deployment {rec.name!r} was never reached; nothing to ssh into")
+    ssh_config = ctx.state.write_ssh_files(rec)
+    command = None
+    if attach:
+        if rec.job is None:
+            raise UserError("no job to attach to")
+        command = f"tmux -L {rec.tmux_socket} attach -t {rec.job.session}"
+    raise typer.Exit(interactive_ssh(ssh_config, rec.name, command))
+
+
+@app.command("ls")
+def list_(launcher_config: LauncherConfigOpt = None, opt: OptOpt = None) -> None:
+    """Every deployment on record, reconciled with Vast's list of instances the launcher labelled."""
+    ctx = setup(launcher_config, opt, None)
+    records = ctx.state.load()
+    live: dict[str, Instance] = {}
+    vast_error = None
+    if any(r.provider == "vast" for r in records.values()) or has_vast_key():
+        try:
+            live = {i.id: i for i in get_provider(ctx.cfg, "vast").list() if i.id}
+        except UserError as e:
+            vast_error = str(e)
+    table = Table(title="deployments")
+    for col in ("name", "provider", "instance", "status", "$/h", "age", "job", "note"):
+        table.add_column(col)
+    by_label = {i.label: i for i in live.values()}
+    for r in records.values():
+        inst = live.pop(r.instance_id, None) if r.instance_id else None
+        if inst is None and r.provider == "vast" and r.label in by_label:
+            inst = live.pop(by_label[r.label].id, None)
+        note = ""
+        if r.provider == "vast" and inst is None and not vast_error:
+            note = "not on Vast any more: `launcher down` clears it"
+        table.add_row(r.name, r.provider, (inst.id if inst else r.instance_id) or (r.ssh.host if r.ssh else "-"),
+                      inst.status if inst else ("-" if r.provider != "vast" else "gone"),
+                      f"{r.price_per_hour:.3f}" if r.price_per_hour else "-", fmt_duration(time.time() - r.created_at),
+                      f"{r.job.job} ({r.job.run})" if r.job else "-", note)
+    for inst in live.values():  # labelled by the launcher, but on no record: still billing
+        table.add_row("?", "vast", inst.id, inst.status, f"{inst.price_per_hour:.3f}", "", "",
+                      f"[red]not on record: `launcher down --instance-id {inst.id}`[/]")
+    out.print(table)
+    if vast_error:
+        console.print(f"[yellow]could not list Vast instances: {vast_error}[/]")
+
+
+def has_vast_key() -> bool:
+    from launcher.providers.vast import api_key
+
+    try:
+        return bool(api_key())
+    except UserError:
+        return False
+
+
+# --- entry point ---------------------------------------------------------------------
+
+
+def main() -> None:
+    try:
+        code = app(standalone_mode=False)  # errors come to us: one line and exit 2, not a traceback
+    except UserError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/]")
+        sys.exit(130)
+    except click.exceptions.Abort:
+        console.print("[red]interrupted[/]")
+        sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

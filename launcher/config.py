@@ -1,0 +1,125 @@
+"""The launcher's typed config: `configs/launcher.yaml`, then `--set`, then flags.
+
+Loaded with `trainer.config.load_config`, so an unknown key or a value of the
+wrong type is one clear error line naming the key and the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainer.config import load_config, resolve_config_path
+
+
+@dataclass
+class VastConfig:
+    # Offer filters. GPU names are Vast's, e.g. "RTX 4090", "H100 SXM", "A100 SXM4".
+    gpu_names: list[str] = field(default_factory=lambda: ["RTX 4090"])
+    num_gpus: int = 1
+    max_dph: float = 1.0  # $/h cap for the whole machine (Vast's dph_total)
+    min_reliability: float = 0.98
+    disk_gb: float = 60.0  # disk to rent; smaller offers are skipped
+    min_inet_down: float = 200.0  # Mb/s, the data comes from the Hub
+    min_cuda: float = 12.4  # the image's CUDA needs at least this driver
+    interruptible: bool = False  # bid (cheaper, can be outbid) instead of on-demand
+    bid_price: float | None = None  # $/h for interruptible; None: the offer's min_bid + 5%
+    order: str = "dph_total"  # offer field to sort by, ascending
+    limit: int = 20
+    # What runs on the instance: the project's image (set it to what `launcher image push` pushed).
+    image: str = "llm-forge:latest"
+    label_prefix: str = "llm-forge"  # instances are labelled <prefix>-<name>-<time>; `ls` finds them by it
+    ready_timeout_s: float = 900.0  # from create to reachable SSH; past it the instance is destroyed
+    poll_interval_s: float = 5.0
+    try_other_offer: bool = True  # after a readiness failure, one more offer on another machine
+
+
+@dataclass
+class ColabConfig:
+    host: str | None = None  # the *.trycloudflare.com name the notebook printed
+    user: str = "root"
+    port: int = 22
+    proxy_command: str = "cloudflared access ssh --hostname %h"
+    install: bool = True  # Colab has no image: install this project's wheel on the host
+    wheel: str | None = None  # a built wheel to upload; None: build one from this checkout
+    install_command: str = "python3 -m pip install --quiet {wheel}"
+
+
+@dataclass
+class SshHostConfig:
+    host: str | None = None  # a name in ~/.ssh/config or a host name
+    user: str | None = None  # None: ~/.ssh/config's User, else root
+    port: int | None = None
+    identity_file: str | None = None
+    proxy_command: str | None = None
+
+
+@dataclass
+class RemoteConfig:
+    workdir: str = "/workspace"  # where data/, tokenizer/ and runs/ live on the host
+    jobs_command: str = "jobs"  # how to run the `jobs` CLI there (a shell word or words)
+    tmux_socket: str = "llm-forge"  # a private tmux server (`tmux -L`), apart from the user's
+    connect_timeout_s: float = 300.0  # bounded wait for SSH to answer
+    # Names of local environment variables handed to the job through a 0600 env
+    # file on the host (never argv). The Vast key stays home unless listed here.
+    forward_env: list[str] = field(default_factory=lambda: ["HF_TOKEN"])
+
+
+@dataclass
+class JobConfig:
+    job: str = "train"  # a `jobs` sub-command: train, pipeline, ...
+    config: str | None = "train.yaml"  # training config, read here, validated, uploaded
+    set: list[str] = field(default_factory=list)  # dotted overrides for that config
+    smoke: bool = False  # `jobs train --smoke`: the tiny CPU run, run name `smoke`
+    # `jobs` sub-commands run first, in the same tmux session (so the data comes
+    # from the Hub straight to the host, not through the laptop). `{config}`
+    # becomes the job's own config flag (--config FILE or --smoke).
+    before: list[str] = field(default_factory=lambda: ["sync-data pull {config}"])
+
+
+@dataclass
+class PullConfig:
+    dest: str = "runs"  # local folder; a run lands in <dest>/<run>/
+    checkpoints: list[str] = field(default_factory=lambda: ["latest", "best", "final"])
+    files: list[str] = field(
+        default_factory=lambda: [
+            "metrics.jsonl",
+            "fixed_prompt_samples.txt",
+            "eval.json",
+            "job.json",
+            "jobs.jsonl",
+            "throughput.json",
+        ]
+    )
+    method: str = "auto"  # auto (rsync when both ends have it) | rsync | sftp
+
+
+@dataclass
+class LauncherConfig:
+    provider: str = "vast"  # vast | colab | ssh
+    name: str = "default"  # one deployment; several can live side by side
+    state_dir: str = "~/.local/state/llm-forge"  # state.json, pinned host keys, ssh configs
+    ssh_key: str = "~/.ssh/llm-forge_ed25519"  # made with ssh-keygen when missing (vast)
+    vast: VastConfig = field(default_factory=VastConfig)
+    colab: ColabConfig = field(default_factory=ColabConfig)
+    ssh: SshHostConfig = field(default_factory=SshHostConfig)
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
+    job: JobConfig = field(default_factory=JobConfig)
+    pull: PullConfig = field(default_factory=PullConfig)
+
+    def __post_init__(self) -> None:
+        if self.provider not in ("vast", "colab", "ssh"):
+            raise ValueError(f"provider must be vast, colab or ssh, got {self.provider!r}")
+        if self.pull.method not in ("auto", "rsync", "sftp"):
+            raise ValueError(f"pull.method must be auto, rsync or sftp, got {self.pull.method!r}")
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir).expanduser()
+
+
+def load_launcher_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> LauncherConfig:
+    """The file when given, else the bundled configs/launcher.yaml when there, else the defaults."""
+    if path is None and resolve_config_path("launcher.yaml").is_file():
+        path = "launcher.yaml"
+    return load_config(LauncherConfig, path, overrides)

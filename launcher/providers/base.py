@@ -1,0 +1,76 @@
+"""One small interface for every way of getting a GPU host.
+
+A provider turns a request into a reachable SSH host and can tear it down:
+`find` offers, `create` an instance, `wait_ready` until SSH can be tried
+(returning host, port, user, key and proxy command), `list` the instances
+it labelled, `destroy` one. Hosts the user already has (Colab, plain SSH)
+implement the same calls with nothing to create or destroy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from launcher.state import SSHTarget
+
+
+@dataclass
+class Offer:
+    id: str
+    machine_id: str
+    gpu_name: str
+    num_gpus: int
+    price_per_hour: float  # $/h for the whole machine, what renting it costs
+    reliability: float = 0.0
+    disk_gb: float = 0.0
+    inet_down: float = 0.0
+    cuda: float = 0.0
+    min_bid: float | None = None
+    location: str = ""
+
+
+@dataclass
+class Instance:
+    id: str | None  # None where nothing is rented (Colab, SSH)
+    label: str
+    status: str  # provider's words: created, loading, running, exited, ...
+    price_per_hour: float = 0.0
+    created_at: float | None = None
+    message: str = ""  # the provider's last status message, shown on errors
+    raw: dict = field(default_factory=dict)
+
+
+class Ledger(Protocol):
+    """Where a provider reports what it rents and frees while it provisions.
+
+    The CLI records every created instance at once, so one created during a
+    crash or Ctrl-C is still found and destroyed by `launcher down`.
+    """
+
+    def created(self, instance: Instance) -> None: ...
+
+    def destroyed(self, instance: Instance) -> None: ...
+
+
+class ProvisionError(Exception):
+    """The instance never became reachable (it has been destroyed)."""
+
+
+class Provider(Protocol):
+    name: str
+    rents: bool  # True: it costs money and must be destroyed; False: a host we only reach
+
+    def find(self) -> list[Offer]: ...
+
+    def provision(self, label: str, ledger: Ledger) -> tuple[Instance, SSHTarget]:
+        """Create (when renting) and wait until SSH can be tried; never leaks an instance."""
+        ...
+
+    def get(self, instance_id: str) -> Instance | None: ...
+
+    def list(self) -> list[Instance]: ...
+
+    def destroy(self, instance_id: str) -> bool:
+        """True when it was destroyed now, False when it was already gone."""
+        ...

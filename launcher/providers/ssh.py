@@ -1,0 +1,62 @@
+"""A host the user already has: named on the command line or in ~/.ssh/config.
+
+HostName, User, Port, IdentityFile and ProxyCommand from ~/.ssh/config are
+honoured (through paramiko's parser); values in launcher.yaml or flags win.
+Nothing is rented, so nothing is destroyed: `down` only stops the job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import paramiko
+
+from launcher.config import SshHostConfig
+from launcher.providers.base import Instance, Ledger, Offer
+from launcher.state import SSHTarget
+from trainer.errors import UserError
+
+
+def ssh_config_lookup(host: str) -> dict:
+    path = Path.home() / ".ssh" / "config"
+    if not path.is_file():
+        return {"hostname": host}
+    return paramiko.SSHConfig.from_path(str(path)).lookup(host)
+
+
+class SshProvider:
+    name = "ssh"
+    rents = False
+
+    def __init__(self, cfg: SshHostConfig, default_key: str | None = None):
+        self.cfg, self.default_key = cfg, default_key
+
+    def target(self) -> SSHTarget:
+        if not self.cfg.host:
+            raise UserError("provider ssh needs a host: --host NAME (a name in ~/.ssh/config works)")
+        c, found = self.cfg, ssh_config_lookup(self.cfg.host or "")
+        identity = c.identity_file or (found.get("identityfile") or [None])[0] or self.default_key
+        if identity and not Path(identity).expanduser().is_file():
+            identity = None  # let the agent and default keys try, as ssh would
+        return SSHTarget(
+            host=found.get("hostname", c.host),
+            port=int(c.port or found.get("port", 22)),
+            user=c.user or found.get("user", "root"),
+            key_file=str(Path(identity).expanduser()) if identity else None,
+            proxy_command=c.proxy_command or found.get("proxycommand"),
+        )
+
+    def find(self) -> list[Offer]:
+        return []
+
+    def provision(self, label: str, ledger: Ledger) -> tuple[Instance, SSHTarget]:
+        return Instance(id=None, label=label, status="reachable"), self.target()
+
+    def get(self, instance_id: str) -> Instance | None:
+        return None
+
+    def list(self) -> list[Instance]:
+        return []
+
+    def destroy(self, instance_id: str) -> bool:
+        return False

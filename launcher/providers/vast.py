@@ -1,0 +1,299 @@
+"""Vast.ai over its REST API (the endpoints and fields the official vast-cli uses).
+
+Base URL `https://console.vast.ai`, overridable with `VAST_URL` as in vast-cli;
+the key comes from `VAST_API_KEY` or vast-cli's key file and is sent as
+`Authorization: Bearer`. Vast answers 429 without Retry-After, so we back off
+(0.15 s x 1.5, bounded) as vast-cli does; a bad key comes back as 404
+`auth_error`. Vast accepts duplicate purchases, so a create is never retried
+blindly: after an ambiguous failure the instance is looked up by its label.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from rich.console import Console
+
+from launcher.config import VastConfig
+from launcher.providers.base import Instance, Ledger, Offer, ProvisionError
+from launcher.state import SSHTarget
+from trainer.errors import UserError
+
+DEFAULT_URL = "https://console.vast.ai"
+NEVER_RUNNING = ("exited", "unknown", "offline")  # actual_status values that do not come back
+console = Console(stderr=True)
+
+
+class VastError(Exception):
+    """An answer from Vast that is not a success; `error` is Vast's error code."""
+
+    def __init__(self, status: int, error: str, msg: str):
+        super().__init__(f"HTTP {status} {error}: {msg}".strip())
+        self.status, self.error, self.msg = status, error, msg
+
+
+class Ambiguous(Exception):
+    """No answer (network error, timeout, 5xx): the request may or may not have happened."""
+
+
+def api_key() -> str:
+    key = os.environ.get("VAST_API_KEY", "").strip()
+    if key:
+        return key
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    for path in (config_home / "vastai" / "vast_api_key", Path.home() / ".vast_api_key"):
+        if path.is_file() and path.read_text().strip():
+            return path.read_text().strip()
+    raise UserError("no Vast API key: set VAST_API_KEY or run `vastai set api-key` (its key file is read too)")
+
+
+class VastAPI:
+    def __init__(self, url: str, key: str, max_tries: int = 10, timeout_s: float = 30.0):
+        self.url, self._key, self.max_tries, self.timeout_s = url.rstrip("/"), key, max_tries, timeout_s
+
+    def call(self, method: str, path: str, body: dict | None = None, api: str = "v0") -> dict:
+        url = f"{self.url}/api/{api}{path}"
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Authorization": f"Bearer {self._key}", "Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        delay = 0.15
+        for attempt in range(self.max_tries):
+            req = urllib.request.Request(url, data=data, method=method, headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                    return _json(resp.read())
+            except urllib.error.HTTPError as e:
+                payload = _json(e.read())
+                if e.code == 429 and attempt + 1 < self.max_tries:
+                    time.sleep(delay)  # no Retry-After from Vast: back off like vast-cli
+                    delay *= 1.5
+                    continue
+                error, msg = str(payload.get("error", "")), str(payload.get("msg", payload.get("detail", "")))
+                if error == "auth_error" or e.code in (401, 403):
+                    raise UserError(f"Vast rejected the API key ({error or e.code}): check VAST_API_KEY or the vastai key file") from None
+                if e.code >= 500:
+                    raise Ambiguous(f"{method} {path}: HTTP {e.code}") from None
+                raise VastError(e.code, error, msg) from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                raise Ambiguous(f"{method} {path}: {getattr(e, 'reason', e)}") from None
+        raise UserError(f"Vast kept answering 429 (rate limited) to {method} {path}; try again in a minute")
+
+
+def _json(raw: bytes) -> dict:
+    try:
+        out = json.loads(raw or b"{}")
+    except ValueError:
+        return {}
+    return out if isinstance(out, dict) else {"items": out}
+
+
+class VastProvider:
+    name = "vast"
+    rents = True
+
+    def __init__(self, cfg: VastConfig, public_key: str | None = None, key_file: str | None = None, workdir: str = "/workspace"):
+        self.cfg = cfg
+        self.public_key, self.key_file, self.workdir = public_key, key_file, workdir
+        self.api = VastAPI(os.environ.get("VAST_URL") or DEFAULT_URL, api_key())
+
+    # --- find -----------------------------------------------------------------
+
+    def query(self) -> dict:
+        c = self.cfg
+        return {
+            "verified": {"eq": True},
+            "rentable": {"eq": True},
+            "rented": {"eq": False},
+            "external": {"eq": False},
+            "num_gpus": {"eq": c.num_gpus},
+            "gpu_name": {"in": c.gpu_names},
+            "dph_total": {"lte": c.max_dph},
+            "reliability": {"gte": c.min_reliability},
+            "disk_space": {"gte": c.disk_gb},
+            "inet_down": {"gte": c.min_inet_down},
+            "cuda_max_good": {"gte": c.min_cuda},
+            "order": [[c.order, "asc"]],
+            "type": "bid" if c.interruptible else "on-demand",
+            "limit": c.limit,
+        }
+
+    def find(self) -> list[Offer]:
+        rows = self.api.call("POST", "/bundles/", self.query()).get("offers", [])
+        return [
+            Offer(
+                id=str(r["id"]),
+                machine_id=str(r.get("machine_id", "")),
+                gpu_name=str(r.get("gpu_name", "")),
+                num_gpus=int(r.get("num_gpus") or 0),
+                price_per_hour=float(r.get("dph_total") or 0.0),
+                reliability=float(r.get("reliability") or r.get("reliability2") or 0.0),
+                disk_gb=float(r.get("disk_space") or 0.0),
+                inet_down=float(r.get("inet_down") or 0.0),
+                cuda=float(r.get("cuda_max_good") or 0.0),
+                min_bid=float(r["min_bid"]) if r.get("min_bid") is not None else None,
+                location=str(r.get("geolocation") or ""),
+            )
+            for r in rows
+        ]
+
+    # --- create -----------------------------------------------------------------
+
+    def register_key(self) -> None:
+        """Put our public key on the account, so new instances let it in."""
+        if not self.public_key:
+            return
+        listed = self.api.call("GET", "/ssh/")
+        keys = listed.get("keys") or listed.get("ssh_keys") or listed.get("items") or []
+        if any(self.public_key.split()[:2] == str(k.get("public_key", k.get("ssh_key", ""))).split()[:2] for k in keys if isinstance(k, dict)):
+            return
+        self.api.call("POST", "/ssh/", {"ssh_key": self.public_key})
+
+    def price_for(self, offer: Offer) -> float:
+        if not self.cfg.interruptible:
+            return offer.price_per_hour
+        if self.cfg.bid_price is not None:
+            return self.cfg.bid_price
+        return round((offer.min_bid or offer.price_per_hour) * 1.05, 4)
+
+    def create(self, offer: Offer, label: str) -> Instance:
+        body = {
+            "client_id": "me",
+            "image": self.cfg.image,
+            "disk": self.cfg.disk_gb,
+            "label": label,
+            "env": {},  # nothing secret here: Vast shows env to anyone with the instance
+            "onstart": f"mkdir -p {self.workdir}",
+            "runtype": "ssh",
+        }
+        if self.cfg.interruptible:
+            body["price"] = self.price_for(offer)  # without it Vast silently rents on-demand
+        try:
+            answer = self.api.call("PUT", f"/asks/{offer.id}/", body)
+        except Ambiguous as e:
+            # The purchase may have gone through: look before anything else.
+            found = self.find_by_label(label)
+            if found is None:
+                raise UserError(f"creating an instance on offer {offer.id} failed ({e}) and none labelled {label} exists") from None
+            return found
+        except VastError as e:
+            raise UserError(f"Vast refused offer {offer.id}: {e.error or e.status} {e.msg}".strip()) from None
+        if not answer.get("success", True) or "new_contract" not in answer:
+            raise UserError(f"Vast refused offer {offer.id}: {answer.get('error', '')} {answer.get('msg', '')}".strip())
+        inst_id = str(answer["new_contract"])
+        if self.public_key:
+            try:  # account keys reach new instances too; this covers an account key added late
+                self.api.call("POST", f"/instances/{inst_id}/ssh/", {"instance_id": int(inst_id), "ssh_key": self.public_key})
+            except VastError as e:
+                console.print(f"[yellow]could not attach the SSH key to instance {inst_id}: {e}[/]")
+        return Instance(id=inst_id, label=label, status="created", price_per_hour=self.price_for(offer), created_at=time.time())
+
+    def find_by_label(self, label: str) -> Instance | None:
+        return next((i for i in self.list() if i.label == label), None)
+
+    # --- wait until reachable ---------------------------------------------------
+
+    def wait_ready(self, instance_id: str, timeout_s: float | None = None) -> SSHTarget:
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.cfg.ready_timeout_s)
+        last = "not seen yet"
+        with console.status(f"instance {instance_id}: waiting for it to run") as spinner:
+            while True:
+                inst = self.get(instance_id)
+                if inst is None:
+                    raise ProvisionError(f"instance {instance_id} disappeared")
+                last = f"{inst.status or 'scheduling'}" + (f" ({inst.message})" if inst.message else "")
+                spinner.update(f"instance {instance_id}: {last}")
+                if inst.status in NEVER_RUNNING:
+                    raise ProvisionError(f"instance {instance_id} is {last}")
+                endpoint = ssh_endpoint(inst.raw)
+                if inst.status == "running" and endpoint:
+                    host, port = endpoint
+                    return SSHTarget(host=host, port=port, user="root", key_file=self.key_file)
+                if time.monotonic() >= deadline:
+                    raise ProvisionError(f"instance {instance_id} not running after {self._timeout_text(timeout_s)}: {last}")
+                time.sleep(self.cfg.poll_interval_s)
+
+    def _timeout_text(self, timeout_s: float | None) -> str:
+        return f"{timeout_s if timeout_s is not None else self.cfg.ready_timeout_s:.0f} s"
+
+    def provision(self, label: str, ledger: Ledger) -> tuple[Instance, SSHTarget]:
+        offers = self.find()
+        if not offers:
+            raise UserError("no Vast offer fits the config (vast.gpu_names, max_dph, min_reliability, ...): loosen it")
+        self.register_key()
+        machines_tried: set[str] = set()
+        failure: ProvisionError | None = None
+        for offer in offers:
+            if offer.machine_id in machines_tried:
+                continue  # a second try goes to another machine
+            if len(machines_tried) == (2 if self.cfg.try_other_offer else 1):
+                break
+            machines_tried.add(offer.machine_id)
+            console.print(f"renting offer {offer.id}: {offer.num_gpus}x {offer.gpu_name} at ${self.price_for(offer):.3f}/h (machine {offer.machine_id})")
+            inst = self.create(offer, label)
+            ledger.created(inst)
+            try:
+                return inst, self.wait_ready(inst.id)
+            except ProvisionError as e:
+                failure = e
+                console.print(f"[yellow]{e}; destroying it[/]")
+                self.destroy(inst.id)
+                ledger.destroyed(inst)
+        raise UserError(f"no instance became reachable ({failure}); nothing is left running")
+
+    # --- list, get, destroy ------------------------------------------------------
+
+    def get(self, instance_id: str) -> Instance | None:
+        try:
+            raw = self.api.call("GET", f"/instances/{instance_id}/?owner=me").get("instances")
+        except VastError as e:
+            if e.error == "no_such_instance" or e.status == 404:
+                return None
+            raise
+        if isinstance(raw, list):
+            raw = raw[0] if raw else None
+        return _instance(raw) if raw else None
+
+    def list(self) -> list[Instance]:
+        rows = self.api.call("GET", "/instances/", api="v1").get("instances") or []
+        return [_instance(r) for r in rows if str(r.get("label") or "").startswith(self.cfg.label_prefix)]
+
+    def destroy(self, instance_id: str) -> bool:
+        try:
+            answer = self.api.call("DELETE", f"/instances/{instance_id}/")
+        except VastError as e:
+            if e.error == "no_such_instance" or e.status == 404:
+                return False
+            raise UserError(f"destroying Vast instance {instance_id} failed: {e}") from None
+        if answer.get("success") is False:
+            if answer.get("error") == "no_such_instance":
+                return False
+            raise UserError(f"destroying Vast instance {instance_id} failed: {answer.get('msg') or answer}")
+        return True
+
+
+def ssh_endpoint(raw: dict) -> tuple[str, int] | None:
+    """Direct port when Vast mapped 22/tcp, else its SSH proxy; host and port from the same source."""
+    direct = (raw.get("ports") or {}).get("22/tcp")
+    if raw.get("public_ipaddr") and direct:
+        return str(raw["public_ipaddr"]).strip(), int(direct[0]["HostPort"])
+    if raw.get("ssh_host") and raw.get("ssh_port"):
+        return str(raw["ssh_host"]), int(raw["ssh_port"])
+    return None
+
+
+def _instance(raw: dict) -> Instance:
+    return Instance(
+        id=str(raw.get("id")),
+        label=str(raw.get("label") or ""),
+        status=str(raw.get("actual_status") or ""),
+        price_per_hour=float(raw.get("dph_total") or 0.0),
+        created_at=raw.get("start_date"),
+        message=str(raw.get("status_msg") or "").strip(),
+        raw=raw,
+    )

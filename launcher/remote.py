@@ -1,0 +1,493 @@
+"""Everything the launcher does on the host, over SSH (paramiko), tmux and rsync.
+
+- `connect` waits for SSH with bounded retries and pins the host key on first
+  contact; a changed key afterwards is refused with a clear error.
+- Jobs run in a detached tmux session on a private socket (`tmux -L`). The
+  session runs a small script that sources a 0600 env file (secrets never go
+  in argv or tmux command lines), appends the job's output to a log file and
+  writes the exit code to a file. `logs -f` reads that log over SFTP from a
+  byte offset, so a dropped connection resumes where it stopped.
+- `pull` uses rsync over the same SSH options (proxy included), with
+  `--partial --append-verify` for append-only files, and falls back to SFTP
+  where rsync is missing.
+- State comes from `job.json` and `metrics.jsonl`, never from log text.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from launcher.state import SSHTarget
+from trainer.errors import UserError
+
+console = Console(stderr=True)
+q = shlex.quote
+# paramiko logs every failed attempt with a traceback; our retries say what matters in one line.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+# What a dropped or refused connection looks like from paramiko and the socket layer.
+CONNECTION_ERRORS = (OSError, EOFError, paramiko.SSHException)
+
+
+class HostKeyChanged(UserError):
+    pass
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+
+
+@dataclass
+class Metrics:
+    train: dict | None  # the last {"kind": "train", ...} line
+    eval: dict | None  # the last {"kind": "eval", ...} line
+
+
+def expand_proxy(command: str, t: SSHTarget) -> str:
+    return command.replace("%h", t.host).replace("%p", str(t.port)).replace("%r", t.user).replace("%%", "%")
+
+
+class Remote:
+    def __init__(self, target: SSHTarget, workdir: str, tmux_socket: str):
+        self.target, self.workdir, self.tmux_socket = target, workdir, tmux_socket
+        self.client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+
+    # --- connection -----------------------------------------------------------------
+
+    def connect(self, timeout_s: float = 60.0, quiet: bool = False) -> "Remote":
+        """Retry until SSH answers and lets us in, or the deadline passes (a UserError)."""
+        t = self.target
+        if t.key_file and not Path(t.key_file).expanduser().is_file():
+            raise UserError(f"SSH key {t.key_file} not found: set ssh_key (or ssh.identity_file) in the launcher config")
+        deadline = time.monotonic() + timeout_s
+        delay, last = 0.5, ""
+        with console.status(f"waiting for SSH on {t.user}@{t.host}:{t.port}") if not quiet else contextlib.nullcontext() as spinner:
+            while True:
+                try:
+                    self._connect_once()
+                    return self
+                except HostKeyChanged:
+                    raise
+                except paramiko.AuthenticationException as e:
+                    last = f"authentication failed ({e}); is the key {t.key_file} authorized there?"
+                except CONNECTION_ERRORS as e:
+                    last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                if time.monotonic() + delay > deadline:
+                    raise UserError(f"SSH to {t.user}@{t.host}:{t.port} failed for {timeout_s:.0f} s: {last}")
+                if spinner is not None:
+                    spinner.update(f"waiting for SSH on {t.user}@{t.host}:{t.port}: {last}")
+                time.sleep(delay)
+                delay = min(delay * 1.5, 5.0)
+
+    def _connect_once(self) -> None:
+        self.close()
+        t = self.target
+        client = paramiko.SSHClient()
+        lookup = t.host if t.port == 22 else f"[{t.host}]:{t.port}"  # how paramiko files a host key
+        if t.host_key:
+            kind, b64 = t.host_key.split()[:2]
+            client.get_host_keys().add(lookup, kind, paramiko.PKey.from_type_string(kind, base64.b64decode(b64)))
+
+        class PinOnFirstContact(paramiko.MissingHostKeyPolicy):
+            def missing_host_key(self, client, hostname, key):
+                t.host_key = f"{key.get_name()} {key.get_base64()}"
+
+        client.set_missing_host_key_policy(PinOnFirstContact())
+        sock = paramiko.ProxyCommand(expand_proxy(t.proxy_command, t)) if t.proxy_command else None
+        key_file = str(Path(t.key_file).expanduser()) if t.key_file else None
+        try:
+            client.connect(
+                t.host,
+                port=t.port,
+                username=t.user,
+                key_filename=key_file,
+                look_for_keys=key_file is None,
+                allow_agent=key_file is None,
+                sock=sock,
+                timeout=10,
+                banner_timeout=15,
+                auth_timeout=15,
+            )
+        except paramiko.BadHostKeyException as e:
+            client.close()
+            raise HostKeyChanged(
+                f"the host key of {t.host}:{t.port} changed since it was pinned "
+                f"(now {e.key.get_name()} {e.key.get_fingerprint().hex()}): refusing to connect. "
+                "If the instance was replaced, `launcher down` and `up` again."
+            ) from None
+        except BaseException:
+            client.close()
+            if sock is not None:
+                sock.close()
+            raise
+        transport = client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(10)
+        self.client = client
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.close()
+            self._sftp = None
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            assert self.client is not None, "connect first"
+            self._sftp = self.client.open_sftp()
+            self._sftp.get_channel().settimeout(30)
+        return self._sftp
+
+    # --- commands and files ------------------------------------------------------------
+
+    def run(self, command: str, check: bool = True, timeout_s: float | None = 120.0) -> Result:
+        assert self.client is not None, "connect first"
+        _, stdout, stderr = self.client.exec_command(command, timeout=timeout_s)
+        out = stdout.read().decode(errors="replace")
+        err = stderr.read().decode(errors="replace")
+        rc = stdout.channel.recv_exit_status()
+        if check and rc != 0:
+            detail = (err.strip() or out.strip()).splitlines()[-1:] or [""]
+            raise UserError(f"on the host, `{command.split()[0]}` failed with exit code {rc}: {detail[0]}")
+        return Result(rc, out, err)
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        # chmod before the first byte lands, so a secret is never readable by others.
+        with self.sftp.open(path, "wb") as f:
+            self.sftp.chmod(path, mode)
+            f.write(data)
+
+    def read_file(self, path: str, last_bytes: int | None = None) -> bytes | None:
+        try:
+            with self.sftp.open(path, "rb") as f:
+                if last_bytes is not None:
+                    size = f.stat().st_size or 0
+                    f.seek(max(0, size - last_bytes))
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def read_json(self, path: str) -> dict | None:
+        raw = self.read_file(path)
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None  # caught mid-write by a writer that is not atomic; the next look sees it
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.sftp.stat(path)
+            return True
+        except FileNotFoundError:
+            return False
+
+    # --- host layout --------------------------------------------------------------------
+
+    @property
+    def control_dir(self) -> str:
+        return f"{self.workdir}/.launcher"
+
+    def log_path(self, session: str) -> str:
+        return f"{self.control_dir}/{session}.log"
+
+    def exit_path(self, session: str) -> str:
+        return f"{self.control_dir}/{session}.exit"
+
+    def run_dir(self, run: str) -> str:
+        return f"{self.workdir}/runs/{run}"
+
+    def prepare(self, env: dict[str, str]) -> None:
+        """Working dir, control dir (0700) and the env file (0600) the job sources."""
+        self.run(f"mkdir -p {q(self.workdir)} && mkdir -p -m 700 {q(self.control_dir)} && chmod 700 {q(self.control_dir)}")
+        lines = [f"{k}={q(v)}" for k, v in sorted(env.items())]
+        self.write_file(f"{self.control_dir}/env", ("\n".join(lines) + "\n").encode(), mode=0o600)
+
+    def install_wheel(self, wheel: Path, install_command: str) -> bool:
+        """Upload and install this project's wheel; reuse it when the same one is installed. True if installed now."""
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        remote = f"{self.control_dir}/{wheel.name}"
+        marker = f"{remote}.installed"
+        if (self.read_file(marker) or b"").decode().strip() == digest:
+            console.print(f"{wheel.name} already installed on the host")
+            return False
+        with console.status(f"uploading {wheel.name}"):
+            self.sftp.put(str(wheel), remote)
+        with console.status(f"installing {wheel.name} on the host"):
+            self.run(install_command.format(wheel=q(remote)), timeout_s=1800)
+        self.write_file(marker, digest.encode())
+        console.print(f"installed {wheel.name} on the host")
+        return True
+
+    # --- jobs in tmux ------------------------------------------------------------------
+
+    def tmux(self, args: str) -> str:
+        return f"tmux -L {q(self.tmux_socket)} {args}"
+
+    def job_alive(self, session: str) -> bool:
+        return self.run(self.tmux(f"has-session -t ={q(session)}"), check=False).rc == 0
+
+    def exit_code(self, session: str) -> int | None:
+        raw = self.read_file(self.exit_path(session))
+        try:
+            return int(raw.decode().strip()) if raw else None
+        except ValueError:
+            return None
+
+    def start_job(self, session: str, steps: list[str]) -> None:
+        """Run `steps` (shell commands, in order, stopping at the first failure) in tmux."""
+        if self.job_alive(session):
+            raise UserError(f"a job is already running on the host in tmux session {session!r}: `launcher down` stops it")
+        log, exit_file, env = self.log_path(session), self.exit_path(session), f"{self.control_dir}/env"
+        body = "\n".join(f"    {s}" for s in steps)
+        script = f"""#!/bin/sh
+# Written by `launcher up`. Runs the job; its output goes to the log, its exit code to the .exit file.
+cd {q(self.workdir)} || exit 1
+set -a
+. {q(env)}
+set +a
+export PYTHONUNBUFFERED=1
+rm -f {q(exit_file)}
+: > {q(log)}
+tail -n +1 -f {q(log)} &  # the pane shows the log to whoever attaches
+viewer=$!
+trap ':' INT  # Ctrl-C (or `launcher down`) stops the job; this script lives on to record its exit code
+(
+    set -e
+{body}
+) >> {q(log)} 2>&1
+code=$?
+echo "$code" > {q(exit_file)}.tmp && mv {q(exit_file)}.tmp {q(exit_file)}
+sleep 0.2
+kill "$viewer" 2>/dev/null
+exit "$code"
+"""
+        path = f"{self.control_dir}/{session}.sh"
+        self.write_file(path, script.encode(), mode=0o700)
+        self.run(self.tmux(f"new-session -d -s {q(session)} {q('sh ' + q(path))}"))
+
+    def stop_job(self, session: str, run: str | None, grace_s: float = 60.0) -> None:
+        """Ctrl-C the job (it records `stopped` and may write a last checkpoint), then make sure it is gone."""
+        if not self.job_alive(session):
+            return
+        self.run(self.tmux(f"send-keys -t {q('=' + session + ':')} C-c"), check=False)  # a pane target: "=name:"
+        deadline = time.monotonic() + grace_s
+        with console.status(f"stopping the job in tmux session {session}"):
+            while time.monotonic() < deadline:
+                job = self.read_json(f"{self.run_dir(run)}/job.json") if run else None
+                if not self.job_alive(session) and not (job and job.get("state") == "running" and self._pid_alive(job.get("pid"))):
+                    return
+                time.sleep(0.5)
+        console.print(f"[yellow]the job did not stop within {grace_s:.0f} s; killing it[/]")
+        job = self.read_json(f"{self.run_dir(run)}/job.json") if run else None
+        if job and job.get("pid"):
+            self.run(f"kill -KILL {int(job['pid'])}", check=False)
+        self.run(self.tmux(f"kill-session -t ={q(session)}"), check=False)
+
+    def _pid_alive(self, pid) -> bool:
+        return bool(pid) and self.run(f"kill -0 {int(pid)}", check=False).rc == 0
+
+    # --- what the job reports: job.json, metrics.jsonl --------------------------------
+
+    def job_record(self, run: str) -> dict | None:
+        return self.read_json(f"{self.run_dir(run)}/job.json")
+
+    def last_metrics(self, run: str) -> Metrics:
+        raw = self.read_file(f"{self.run_dir(run)}/metrics.jsonl", last_bytes=256 * 1024) or b""
+        train = eval_ = None
+        for line in reversed(raw.decode(errors="replace").splitlines()):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a partial first line (we read the tail) or one being written
+            if train is None and row.get("kind") == "train":
+                train = row
+            if eval_ is None and row.get("kind") == "eval":
+                eval_ = row
+            if train and eval_:
+                break
+        return Metrics(train, eval_)
+
+    def log_tail(self, session: str, lines: int = 20) -> str:
+        raw = self.read_file(self.log_path(session), last_bytes=64 * 1024) or b""
+        return "\n".join(raw.decode(errors="replace").splitlines()[-lines:])
+
+    def read_log_from(self, session: str, offset: int, max_bytes: int = 1 << 20) -> bytes:
+        try:
+            with self.sftp.open(self.log_path(session), "rb") as f:
+                f.seek(offset)
+                return f.read(max_bytes)
+        except FileNotFoundError:
+            return b""
+
+    def job_finished(self, session: str) -> bool:
+        return self.exit_code(session) is not None and not self.job_alive(session)
+
+    # --- pull ------------------------------------------------------------------------
+
+    def has_rsync(self) -> bool:
+        return self.run("command -v rsync >/dev/null", check=False).rc == 0
+
+    def pull_plan(self, run: str, checkpoints: list[str], files: list[str]) -> tuple[list[str], list[str]]:
+        """Paths relative to runs/<run>: (append-only ones, rewritten ones). Only those that exist."""
+        base = self.run_dir(run)
+        append_only: list[str] = []
+        rewritten = [f for f in files if f != "metrics.jsonl" and self.exists(f"{base}/{f}")]
+        if "metrics.jsonl" in files and self.exists(f"{base}/metrics.jsonl"):
+            append_only.append("metrics.jsonl")
+        try:
+            entries = {e.filename: e for e in self.sftp.listdir_attr(f"{base}/checkpoints")}
+        except FileNotFoundError:
+            entries = {}
+        steps = sorted(n for n in entries if re.fullmatch(r"step_\d+", n))
+        wanted: list[str] = []
+        for name in checkpoints:
+            if name == "latest":
+                wanted += steps[-1:]
+            elif name in entries:  # best/final once written
+                wanted.append(name)
+                if stat.S_ISLNK(entries[name].st_mode or 0):
+                    # a link: bring the checkpoint it points to as well
+                    target = os.path.basename(self.sftp.readlink(f"{base}/checkpoints/{name}").rstrip("/"))
+                    if target in entries:
+                        wanted.append(target)
+        append_only += [f"checkpoints/{n}" for n in dict.fromkeys(wanted)]
+        return append_only, rewritten
+
+
+# --- pulling: rsync when both ends have it, else SFTP ----------------------------------
+
+
+@dataclass
+class PullResult:
+    files: int  # files that moved
+    bytes: int  # bytes that moved
+
+
+_PERCENT = re.compile(rb"\s(\d{1,3})%")
+_STAT_FILES = re.compile(r"Number of regular files transferred: ([\d,.]+)")
+_STAT_BYTES = re.compile(r"Total transferred file size: ([\d,.]+)")
+
+
+def rsync_pull(ssh_config: Path, alias: str, remote_dir: str, paths: list[str], dest: Path, append: bool, label: str) -> PullResult:
+    """rsync `paths` (relative to remote_dir) into dest, with a progress bar from --info=progress2."""
+    if not paths:
+        return PullResult(0, 0)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".files", delete=False) as f:
+        f.write("\n".join(paths) + "\n")
+        list_file = f.name
+    argv = ["rsync", "-a", "-r", "--partial", "--files-from", list_file, "--info=progress2", "--no-inc-recursive", "--stats"]
+    # Checkpoints and metrics only ever grow or are renamed into place: append
+    # (verified) moves just the new bytes and resumes a cut transfer.
+    argv += ["--append-verify"] if append else []
+    argv += ["-e", f"ssh -F {q(str(ssh_config))}", f"{alias}:{remote_dir}/", f"{dest}/"]
+    out = bytearray()
+    try:
+        with Progress(TextColumn(label), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), console=console, transient=True) as bar:
+            task = bar.add_task(label, total=100)
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            assert proc.stdout is not None
+            while chunk := proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096):
+                out += chunk
+                for m in _PERCENT.finditer(chunk):
+                    bar.update(task, completed=int(m.group(1)))
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            rc = proc.wait()
+    finally:
+        os.unlink(list_file)
+    if rc != 0:
+        raise UserError(f"rsync failed (exit {rc}): {err.strip().splitlines()[-1] if err.strip() else 'no message'}")
+    text = out.decode(errors="replace")
+    files = _STAT_FILES.search(text)
+    moved = _STAT_BYTES.search(text)
+    return PullResult(_num(files.group(1)) if files else 0, _num(moved.group(1)) if moved else 0)
+
+
+def _num(s: str) -> int:
+    return int(re.sub(r"[,.]", "", s))
+
+
+def sftp_pull(remote: Remote, remote_dir: str, paths: list[str], dest: Path, append: bool, label: str) -> PullResult:
+    """The same as rsync_pull over SFTP: resume append-only files, refetch changed ones."""
+    todo: list[tuple[str, paramiko.SFTPAttributes]] = []
+
+    def walk(rel: str) -> None:
+        attrs = remote.sftp.lstat(f"{remote_dir}/{rel}")
+        if stat.S_ISLNK(attrs.st_mode or 0):
+            link = dest / rel
+            target = remote.sftp.readlink(f"{remote_dir}/{rel}")
+            if not (link.is_symlink() and os.readlink(link) == target):
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.unlink(missing_ok=True)
+                os.symlink(target, link)
+        elif stat.S_ISDIR(attrs.st_mode or 0):
+            (dest / rel).mkdir(parents=True, exist_ok=True)
+            for e in remote.sftp.listdir_attr(f"{remote_dir}/{rel}"):
+                walk(f"{rel}/{e.filename}")
+        else:
+            todo.append((rel, attrs))
+
+    for rel in paths:
+        walk(rel)
+    result = PullResult(0, 0)
+    total = sum(a.st_size or 0 for _, a in todo)
+    with Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        for rel, attrs in todo:
+            local = dest / rel
+            size = attrs.st_size or 0
+            have = local.stat().st_size if local.exists() else 0
+            same = local.exists() and have == size and int(local.stat().st_mtime) == int(attrs.st_mtime or 0)
+            if same or (append and have == size):
+                bar.advance(task, size)
+                continue
+            start = have if append and have < size else 0
+            local.parent.mkdir(parents=True, exist_ok=True)
+            with remote.sftp.open(f"{remote_dir}/{rel}", "rb") as src, open(local, "ab" if start else "wb") as dst:
+                src.seek(start)
+                bar.advance(task, start)
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+                    bar.advance(task, len(chunk))
+                    result.bytes += len(chunk)
+            os.utime(local, (attrs.st_atime or time.time(), attrs.st_mtime or time.time()))
+            result.files += 1
+    return result
+
+
+def local_rsync() -> bool:
+    return shutil.which("rsync") is not None
+
+
+def interactive_ssh(ssh_config: Path, alias: str, remote_command: str | None = None) -> int:
+    argv = ["ssh", "-F", str(ssh_config)] + (["-t", alias, remote_command] if remote_command else [alias])
+    sys.stdout.flush()
+    return subprocess.call(argv)

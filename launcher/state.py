@@ -1,0 +1,147 @@
+"""The local record of what the launcher rented or reached, so nothing is forgotten.
+
+One JSON file (0600, written atomically: a crash never leaves half of it)
+maps a deployment name to its record: provider, instance id and label, SSH
+target with the pinned host key, the job, price and creation time. A record
+is written right after a create, before anything else can fail, and removed
+only once the instance is destroyed; `launcher ls` and `launcher down` start
+from it. Secrets never go in here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from trainer.errors import UserError
+from trainer.fileio import atomic_write_json, atomic_write_text
+
+
+@dataclass
+class SSHTarget:
+    host: str
+    port: int = 22
+    user: str = "root"
+    key_file: str | None = None
+    proxy_command: str | None = None  # with %h %p %r as in ssh_config
+    host_key: str | None = None  # "<type> <base64>", pinned on first contact
+
+
+@dataclass
+class JobInfo:
+    job: str  # the `jobs` sub-command
+    run: str  # runs/<run>/ on the host
+    session: str  # tmux session name on the private socket
+    started_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class Record:
+    name: str
+    provider: str
+    label: str
+    workdir: str
+    jobs_command: str
+    tmux_socket: str
+    instance_id: str | None = None  # None for hosts we reach but do not rent
+    price_per_hour: float = 0.0
+    created_at: float = field(default_factory=time.time)
+    ssh: SSHTarget | None = None
+    job: JobInfo | None = None
+
+    @staticmethod
+    def from_dict(d: dict) -> "Record":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(Record)}
+        d = {k: v for k, v in d.items() if k in known}  # tolerate fields a newer launcher added
+        if d.get("ssh"):
+            d["ssh"] = SSHTarget(**d["ssh"])
+        if d.get("job"):
+            d["job"] = JobInfo(**d["job"])
+        return Record(**d)
+
+
+class State:
+    """Records keyed by deployment name, in `<state_dir>/state.json`."""
+
+    def __init__(self, state_dir: str | Path):
+        self.dir = Path(state_dir).expanduser()
+        self.path = self.dir / "state.json"
+
+    def load(self) -> dict[str, Record]:
+        if not self.path.exists():
+            return {}
+        try:
+            raw = json.loads(self.path.read_text())
+            return {name: Record.from_dict(r) for name, r in raw.get("records", {}).items()}
+        except (ValueError, TypeError, AttributeError) as e:
+            raise UserError(f"{self.path}: unreadable launcher state ({e}); fix or move it aside") from None
+
+    def get(self, name: str) -> Record | None:
+        return self.load().get(name)
+
+    def put(self, record: Record) -> None:
+        records = self.load()
+        records[record.name] = record
+        self._write(records)
+
+    def remove(self, name: str) -> None:
+        records = self.load()
+        if records.pop(name, None) is not None:
+            self._write(records)
+
+    def _write(self, records: dict[str, Record]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write_json(self.path, {"records": {n: asdict(r) for n, r in records.items()}}, mode=0o600)
+
+    # --- files that OpenSSH and rsync read: pinned key and a per-deployment ssh config
+
+    def known_hosts_path(self, name: str) -> Path:
+        return self.dir / "ssh" / f"{name}.known_hosts"
+
+    def ssh_config_path(self, name: str) -> Path:
+        return self.dir / "ssh" / f"{name}.conf"
+
+    def write_ssh_files(self, record: Record) -> Path:
+        """An ssh_config for `ssh -F FILE <name>` (and rsync -e) that trusts only the pinned key."""
+        t = record.ssh
+        assert t is not None and t.host_key, "pin the host key before writing ssh files"
+        alias = host_key_alias(record.name)
+        key_type = t.host_key.split()[0]
+        atomic_write_text(self.known_hosts_path(record.name), f"{alias} {t.host_key}\n", mode=0o600)
+        lines = [
+            f"Host {record.name}",
+            f"  HostName {t.host}",
+            f"  Port {t.port}",
+            f"  User {t.user}",
+            f'  UserKnownHostsFile "{self.known_hosts_path(record.name)}"',
+            f"  HostKeyAlias {alias}",
+            f"  HostKeyAlgorithms {host_key_algorithms(key_type)}",
+            "  StrictHostKeyChecking yes",
+            "  ServerAliveInterval 15",
+            "  ServerAliveCountMax 4",
+            "  LogLevel ERROR",
+        ]
+        if t.key_file:
+            lines += [f'  IdentityFile "{Path(t.key_file).expanduser()}"', "  IdentitiesOnly yes"]
+        if t.proxy_command:
+            lines.append(f"  ProxyCommand {t.proxy_command}")
+        path = self.ssh_config_path(record.name)
+        atomic_write_text(path, "\n".join(lines) + "\n", mode=0o600)
+        return path
+
+
+def host_key_alias(name: str) -> str:
+    # The pinned key is filed under a name of its own, not host:port, so a
+    # recycled IP/port of some other instance can never match it.
+    return f"llm-forge-{name}"
+
+
+def host_key_algorithms(key_type: str) -> str:
+    # An RSA host key is offered under its signature names; OpenSSH must ask for one of them.
+    if key_type == "ssh-rsa":
+        return "rsa-sha2-512,rsa-sha2-256,ssh-rsa"
+    return key_type

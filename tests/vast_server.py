@@ -1,0 +1,200 @@
+"""A stand-in for Vast.ai's REST API on 127.0.0.1, written from the endpoints and fields vast-cli uses.
+
+- `POST /api/v0/bundles/`: offers filtered by `{"field": {"op": value}}` (eq, neq, gt, gte, lt, lte, in, nin), `order`, `limit`.
+- `PUT /api/v0/asks/{offer}/`: create, answered `{"success": true, "new_contract": id}`.
+- `GET|POST /api/v0/ssh/`, `POST /api/v0/instances/{id}/ssh/`: SSH keys; they land in the sshd's authorized_keys.
+- `GET /api/v0/instances/{id}/?owner=me`: `{"instances": {...}}`; `actual_status` advances null -> created ->
+  loading -> running over polls (or sticks, or exits); SSH fields point at the local sshd.
+- `GET /api/v1/instances/`, `DELETE /api/v0/instances/{id}/` (`no_such_instance` once gone).
+- A bad key is `404 {"error": "auth_error"}`; every `rate_limit_every`-th request is a bare 429.
+
+Its instances ARE the test's sshd: a running instance's SSH target is 127.0.0.1 and a port given by the test.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+STATUSES = [None, "created", "loading", "running"]
+
+
+def offer(id: int, machine_id: int, gpu_name: str = "RTX 4090", dph: float = 0.35, **extra) -> dict:
+    row = {
+        "id": id, "ask_contract_id": id, "machine_id": machine_id, "host_id": machine_id + 1000,
+        "gpu_name": gpu_name, "num_gpus": 1, "gpu_ram": 24564, "dph_total": dph, "min_bid": round(dph * 0.6, 4),
+        "reliability": 0.995, "reliability2": 0.995, "disk_space": 200.0, "inet_down": 900.0, "inet_up": 500.0,
+        "cuda_max_good": 12.8, "verified": True, "verification": "verified", "rentable": True, "rented": False,
+        "external": False, "geolocation": "Iceland, IS", "dlperf": 80.0, "score": 200.0,
+    }
+    row.update(extra)
+    return row
+
+
+@dataclass
+class VastStandIn:
+    authorized_keys: Path  # the sshd's: keys the account registers go here
+    ssh_port: int  # where a running instance's SSH answers (the sshd, or a relay before it)
+    api_key: str = "test-vast-key"
+    offers: list[dict] = field(default_factory=lambda: [offer(101, 11, dph=0.30), offer(102, 12, dph=0.42), offer(103, 13, "RTX 3090", 0.20)])
+    polls_per_status: int = 1  # GET polls spent in each status before the next
+    stick_at: str | None = None  # a status the instance never leaves ("loading": never runs)
+    end_at: str | None = None  # "exited" / "offline": what it turns into instead of running
+    direct_port: bool = True  # report public_ipaddr + ports["22/tcp"]; else only ssh_host/ssh_port
+    rate_limit_every: int = 0  # every Nth request gets a 429 (0: never)
+    rate_limit_next: int = 0  # the next N requests get a 429
+    hang_up_after_create: bool = False  # buy the instance, then drop the connection without answering
+    instances: dict[int, dict] = field(default_factory=dict)
+    requests: list[tuple[str, str, dict | None]] = field(default_factory=list)
+    ssh_keys: list[str] = field(default_factory=list)
+    destroyed: list[int] = field(default_factory=list)
+    rate_limited: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next_id = 5000
+        self._count = 0
+        self._polls: dict[int, int] = {}
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _go(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                status, payload = stand_in.handle(self.command, self.path, body, self.headers.get("Authorization", ""))
+                if stand_in.hang_up_after_create and self.command == "PUT" and status == 200:
+                    self.close_connection = True  # the purchase happened; the client never hears of it
+                    return
+                data = json.dumps(payload).encode() if payload is not None else b""
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _go
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # --- the API -------------------------------------------------------------------
+
+    def handle(self, method: str, path: str, body: dict | None, auth: str) -> tuple[int, dict | None]:
+        with self._lock:
+            self._count += 1
+            self.requests.append((method, path, body))
+            if auth != f"Bearer {self.api_key}":
+                return 404, {"success": False, "error": "auth_error", "msg": "Invalid user key"}
+            if self.rate_limit_next > 0 or (self.rate_limit_every and self._count % self.rate_limit_every == 0):
+                self.rate_limit_next -= 1
+                self.rate_limited += 1
+                return 429, None  # Vast sends no Retry-After
+            route = path.split("?")[0]
+            if method == "POST" and route == "/api/v0/bundles/":
+                return 200, {"offers": self.search(body or {})}
+            if m := re.fullmatch(r"/api/v0/asks/(\d+)/", route):
+                return self.create(int(m.group(1)), body or {}) if method == "PUT" else (405, None)
+            if route == "/api/v0/ssh/":
+                if method == "GET":
+                    return 200, {"keys": [{"id": i + 1, "public_key": k} for i, k in enumerate(self.ssh_keys)]}
+                self.add_key(str((body or {}).get("ssh_key", "")))
+                return 200, {"success": True, "key": {"id": len(self.ssh_keys)}}
+            if m := re.fullmatch(r"/api/v0/instances/(\d+)/ssh/", route):
+                if int(m.group(1)) not in self.instances:
+                    return 404, {"success": False, "error": "no_such_instance", "msg": "Instance not found"}
+                self.add_key(str((body or {}).get("ssh_key", "")))
+                return 200, {"success": True}
+            if route == "/api/v1/instances/" and method == "GET":
+                return 200, {"instances": [self.view(i) for i in self.instances.values()]}
+            if m := re.fullmatch(r"/api/v0/instances/(\d+)/", route):
+                iid = int(m.group(1))
+                if method == "GET":
+                    return 200, {"instances": self.poll(iid) if iid in self.instances else None}
+                if method == "DELETE":
+                    if self.instances.pop(iid, None) is None:
+                        return 404, {"success": False, "error": "no_such_instance", "msg": "Instance not found"}
+                    self.destroyed.append(iid)
+                    return 200, {"success": True}
+            return 404, {"success": False, "error": "not_found", "msg": f"{method} {route}"}
+
+    def search(self, q: dict) -> list[dict]:
+        rows = [o for o in self.offers if all(_match(o.get(k), cond) for k, cond in q.items() if isinstance(cond, dict))]
+        for key, direction in reversed(q.get("order") or []):
+            rows.sort(key=lambda o: o.get(key) or 0, reverse=direction == "desc")
+        return rows[: int(q.get("limit") or 64)]
+
+    def create(self, offer_id: int, body: dict) -> tuple[int, dict]:
+        o = next((x for x in self.offers if x["id"] == offer_id), None)
+        if o is None or o["rented"]:
+            return 404, {"success": False, "error": "no_such_ask", "msg": f"offer {offer_id} is not available"}
+        if body.get("client_id") != "me" or not body.get("image") or body.get("runtype") not in ("ssh", "jupyter", "args"):
+            return 400, {"success": False, "error": "invalid_args", "msg": "client_id, image and runtype are required"}
+        o["rented"] = True
+        self._next_id += 1
+        iid = self._next_id
+        price = float(body["price"]) if body.get("price") is not None else o["dph_total"]
+        self.instances[iid] = {
+            "id": iid, "machine_id": o["machine_id"], "label": body.get("label"), "image_uuid": body["image"],
+            "actual_status": None, "intended_status": "running", "cur_state": "running", "status_msg": "",
+            "gpu_name": o["gpu_name"], "num_gpus": o["num_gpus"], "dph_total": price, "disk_space": body.get("disk"),
+            "is_bid": body.get("price") is not None, "start_date": time.time(), "env": body.get("env") or {},
+            "onstart": body.get("onstart"), "public_ipaddr": None, "ports": {}, "ssh_host": None, "ssh_port": None,
+        }
+        self._polls[iid] = 0
+        return 200, {"success": True, "new_contract": iid}
+
+    def add_key(self, key: str) -> None:
+        if key and key not in self.ssh_keys:
+            self.ssh_keys.append(key)
+            with open(self.authorized_keys, "a") as f:
+                f.write(key.strip() + "\n")
+
+    def poll(self, iid: int) -> dict:
+        """Each GET moves the instance along its life: null -> created -> loading -> running."""
+        inst = self.instances[iid]
+        self._polls[iid] += 1
+        stage = min(self._polls[iid] // self.polls_per_status, len(STATUSES) - 1)
+        status = STATUSES[stage]
+        if self.stick_at and STATUSES.index(self.stick_at) <= stage:
+            status = self.stick_at
+        if status == "running" and self.end_at:
+            status = self.end_at
+            inst["status_msg"] = "Error response from daemon: container exited with code 1"
+        elif status == "loading":
+            inst["status_msg"] = "Pulling image layers: 3/7"
+        inst["actual_status"] = status
+        if status == "running":
+            if self.direct_port:
+                inst["public_ipaddr"] = "127.0.0.1"
+                inst["ports"] = {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(self.ssh_port)}]}
+            inst["ssh_host"], inst["ssh_port"] = "127.0.0.1", self.ssh_port
+            inst["status_msg"] = "success, running"
+        return self.view(inst)
+
+    def view(self, inst: dict) -> dict:
+        return json.loads(json.dumps(inst))
+
+
+OPS = {
+    "eq": lambda v, w: v == w, "neq": lambda v, w: v != w,
+    "gt": lambda v, w: v is not None and v > w, "gte": lambda v, w: v is not None and v >= w,
+    "lt": lambda v, w: v is not None and v < w, "lte": lambda v, w: v is not None and v <= w,
+    "in": lambda v, w: v in w, "nin": lambda v, w: v not in w,
+}
+
+
+def _match(value, cond: dict) -> bool:
+    return all(OPS[op](value, want) for op, want in cond.items() if op in OPS)
