@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -113,11 +114,13 @@ class Config:
 
 
 def configs_dir() -> Path:
-    """The folder of bundled configs: ./configs when present, else the repo's."""
-    local = Path("configs")
-    if local.is_dir():
-        return local
-    return Path(__file__).resolve().parent.parent / "configs"
+    """The bundled configs: ./configs, else the checkout's, else the installed wheel's copy."""
+    candidates = [
+        Path("configs"),
+        Path(__file__).resolve().parent.parent / "configs",
+        Path(sys.prefix) / "share" / "llm-forge" / "configs",  # pyproject's data-files
+    ]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
 def resolve_config_path(path: str | Path) -> Path:
