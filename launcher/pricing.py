@@ -2,7 +2,7 @@
 
 An offer's $/hour says little on its own: a $2/h H100 can be cheaper per
 token than a $0.40/h RTX 3090. Expected tokens/s comes from the GPU's
-dense bf16 peak (trainer.cost.PEAK_TFLOPS) x an expected MFU / the model's
+dense bf16 peak (trainer.gpus.PEAK_TFLOPS) x an expected MFU / the model's
 FLOPs per token, and is replaced by a measured figure whenever a
 `throughput.json` from that GPU model has been seen (the launcher keeps a
 history of every run's measurements).
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.providers.base import Offer
-from trainer.cost import gpu_model, peak_flops
+from trainer.gpus import gpu_model, peak_flops
 from trainer.fileio import atomic_write_json
 
 EXPECTED_MFU = 0.35  # bf16 + compile + flash attention on a ~100M Llama, single GPU

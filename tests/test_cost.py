@@ -8,6 +8,7 @@ import pytest
 
 from conftest import tiny_config
 from trainer import cost
+from trainer.gpus import peak_flops
 
 
 @pytest.mark.parametrize(
@@ -17,8 +18,8 @@ from trainer import cost
      ("cpu (x86_64, 2 threads)", None)],
 )
 def test_peak_flops_table(name, tflops):
-    assert cost.peak_flops(name) == (tflops * 1e12 if tflops else None)
-    assert cost.peak_flops(name, override_tflops=100.0) == 100e12
+    assert peak_flops(name) == (tflops * 1e12 if tflops else None)
+    assert peak_flops(name, override_tflops=100.0) == 100e12
 
 
 def test_benchmark_writes_throughput_json(workdir):

@@ -71,6 +71,12 @@ def test_tied_embeddings_and_param_count():
     assert model.flops_per_token() == 6 * model.num_params() + 12 * L * d * T
 
 
+@pytest.mark.parametrize("tied, kv", [(True, 12), (True, 4), (False, 2)])
+def test_config_knows_its_size_without_building(tied, kv):
+    cfg = ModelConfig(n_kv_heads=kv, tie_embeddings=tied, vocab_size=1000, n_layers=2)
+    assert cfg.param_count() == Llama(cfg).num_params()
+
+
 def test_init_scales_residual_projections():
     torch.manual_seed(0)
     model = Llama(ModelConfig(n_layers=8, vocab_size=1000))

@@ -4,7 +4,8 @@ A YAML file may name a `base:` file (relative to itself) whose values it
 overrides, so `train.yaml` can sit on top of `model_100m.yaml`. Every key is
 checked against the dataclasses: an unknown key or a value of the wrong type
 is a `ConfigError` naming the key and the file, which the CLIs turn into one
-line on stderr and exit code 2.
+line on stderr and exit code 2. No torch here: the laptop-side launcher
+loads configs too, and should start in a blink.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from typing import Any, TypeVar
 import yaml
 
 from trainer.errors import UserError
-from trainer.model import ModelConfig
 
 T = TypeVar("T")
 
@@ -32,6 +32,47 @@ class ConfigError(UserError):
 
 
 # --- the trainer's sections -------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 32000
+    d_model: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    n_kv_heads: int = 12  # < n_heads for grouped-query attention
+    ffn_dim: int = 1792
+    seq_len: int = 2048
+    rope_theta: float = 10000.0
+    rms_eps: float = 1e-5
+    init_std: float = 0.02
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def param_count(self) -> int:
+        """Parameters of the model this describes (the tied embedding once), without building it."""
+        d, hd = self.d_model, self.head_dim
+        attn = d * (self.n_heads + 2 * self.n_kv_heads) * hd + self.n_heads * hd * d
+        ffn = 3 * d * self.ffn_dim
+        head = 0 if self.tie_embeddings else self.vocab_size * d
+        return self.vocab_size * d + self.n_layers * (attn + ffn + 2 * d) + d + head
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token: 6N for the matmuls (the tied output
+        projection is real compute, so N counts the embedding once) plus the
+        attention scores and values, 6 * 2 * layers * d_model * seq_len / 2
+        with causal masking counted as a full square like PaLM's appendix."""
+        T = seq_len or self.seq_len
+        return 6 * self.param_count() + 12 * self.n_layers * self.d_model * T
 
 
 @dataclass

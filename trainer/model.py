@@ -10,36 +10,12 @@ gate/up projections are each one fused matmul here because that is faster.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclass
-class ModelConfig:
-    vocab_size: int = 32000
-    d_model: int = 768
-    n_layers: int = 12
-    n_heads: int = 12
-    n_kv_heads: int = 12  # < n_heads for grouped-query attention
-    ffn_dim: int = 1792
-    seq_len: int = 2048
-    rope_theta: float = 10000.0
-    rms_eps: float = 1e-5
-    init_std: float = 0.02
-    tie_embeddings: bool = True
-
-    def __post_init__(self) -> None:
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+from trainer.config import ModelConfig
 
 
 class RMSNorm(nn.Module):
@@ -163,13 +139,7 @@ class Llama(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token: 6N for the matmuls (the tied output
-        projection is real compute, so N counts the embedding once) plus the
-        attention scores and values, 6 * 2 * layers * d_model * seq_len / 2
-        with causal masking counted as a full square like PaLM's appendix."""
-        T = seq_len or self.cfg.seq_len
-        attn = 12 * self.cfg.n_layers * self.cfg.d_model * T
-        return 6 * self.num_params() + attn
+        return self.cfg.flops_per_token(seq_len)
 
     @torch.no_grad()
     def generate(
