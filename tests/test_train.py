@@ -6,12 +6,14 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
 import threading
 
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import VOCAB, tiny_config
 from trainer import checkpoint
 from trainer.checks import SanityCheckError
 from trainer.evaluate import read_metrics
@@ -95,10 +97,16 @@ def test_lr_schedule_warmup_then_cosine_to_min():
 
 @pytest.mark.slow
 def test_bf16_and_compile_path_trains(workdir):
-    """The GPU settings (bf16 autocast, torch.compile) run through the same loop; here on the CPU."""
-    res = train(tiny_config("train.precision=bf16", "train.compile=true", "train.max_steps=6",
-                            "train.overfit_check.enabled=false", "train.eval_interval=6"))
-    losses = train_losses(res.run_dir)
-    assert res.state == "succeeded" and all(math.isfinite(v) for v in losses.values())
-    assert losses[6] < losses[1]
-    assert checkpoint.read_state(res.run_dir / "checkpoints" / "final")["step"] == 6
+    """The GPU settings (bf16 autocast, torch.compile) run through the same loop; here on the CPU.
+
+    In its own process: accelerate fixes the precision once per process.
+    """
+    sets = [f"model.vocab_size={VOCAB}", "model.seq_len=32", "train.precision=bf16", "train.compile=true",
+            "train.max_steps=6", "train.log_interval=1", "train.overfit_check.enabled=false", "train.eval_interval=6"]
+    p = subprocess.run([sys.executable, "-m", "jobs.runner", "train", "--smoke", *[a for s in sets for a in ("--set", s)]],
+                       cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    run = workdir / "runs" / "smoke"
+    losses = train_losses(run)
+    assert all(math.isfinite(v) for v in losses.values()) and losses[6] < losses[1]
+    assert checkpoint.read_state(run / "checkpoints" / "final")["step"] == 6
