@@ -67,17 +67,20 @@ def raise_terminated(signum, frame) -> None:
     raise Terminated
 
 
-def run_job(name: str, cfg: JobConfig, body: Callable[[], str | None], record: bool = True) -> None:
-    """Run `body` as job `name`: job.json before and after, clean errors, exit codes.
+def job_file(cfg: JobConfig, name: str) -> JobFile:
+    return JobFile(run_dir(cfg), name, [Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def run_job(job: JobFile | None, body: Callable[[], str | None]) -> None:
+    """Run `body` as `job` (None: record nothing): job.json before and after, clean errors, exit codes.
 
     `body` returns the final state ("succeeded" when it returns None).
     """
     # Until training installs its own graceful handler, SIGTERM ends the job as "stopped".
     signal.signal(signal.SIGTERM, raise_terminated)
-    job = None
     try:
-        if record:
-            job = JobFile(run_dir(cfg), name, [Path(sys.argv[0]).name, *sys.argv[1:]]).start()
+        if job:
+            job.start()
         state = body() or "succeeded"
     except Terminated:
         if job:
@@ -128,7 +131,7 @@ def tokenizer(config: ConfigOpt = None, set_: SetOpt = None, smoke: SmokeOpt = F
     from jobs.tokenizer import train_tokenizer
 
     cfg = load_or_exit(config, set_, smoke)
-    run_job("tokenizer", cfg, lambda: train_tokenizer(cfg) and None)
+    run_job(job_file(cfg, "tokenizer"), lambda: train_tokenizer(cfg) and None)
 
 
 @app.command()
@@ -142,7 +145,7 @@ def prepare(
     from jobs.prepare import run_prepare
 
     cfg = load_or_exit(config, set_, smoke)
-    run_job("prepare", cfg, lambda: run_prepare(cfg, resume=resume) and None)
+    run_job(job_file(cfg, "prepare"), lambda: run_prepare(cfg, resume=resume) and None)
 
 
 @app.command("sync-data")
@@ -159,7 +162,7 @@ def sync_data(
         fail(f"sync-data takes 'pull' or 'push', not {direction!r}")
         raise typer.Exit(2)
     cfg = load_or_exit(config, set_, smoke)
-    run_job(f"sync-data-{direction}", cfg, lambda: getattr(hub, direction)(cfg) and None)
+    run_job(job_file(cfg, f"sync-data-{direction}"), lambda: getattr(hub, direction)(cfg) and None)
 
 
 # --- model -----------------------------------------------------------------------
@@ -182,7 +185,7 @@ def benchmark(config: ConfigOpt = None, set_: SetOpt = None, smoke: SmokeOpt = F
             f"${result['projected_cost']:.2f} at ${cfg.cost.hourly_rate:.2f}/h -> {cost.throughput_path(cfg)}"
         )
 
-    run_job("benchmark", cfg, body)
+    run_job(job_file(cfg, "benchmark"), body)
 
 
 def gpu_count() -> int:
@@ -214,7 +217,7 @@ def train(
     cfg = load_or_exit(config, set_, smoke)
     start = str(resume_from) if resume_from else "latest" if resume else None
     if os.environ.get("WORLD_SIZE"):  # a worker started by accelerate launch: just train
-        run_job("train", cfg, lambda: train_loop(cfg, resume=start, stop_at=stop_at).state, record=False)
+        run_job(None, lambda: train_loop(cfg, resume=start, stop_at=stop_at).state)
         return
     n = num_processes or gpu_count()
 
@@ -225,7 +228,7 @@ def train(
             return train_loop(cfg, resume=start, stop_at=stop_at).state
         return launch_workers(n)
 
-    run_job("train", cfg, body)
+    run_job(job_file(cfg, "train"), body)
 
 
 def prepare_run_dir(cfg: JobConfig, resume: str | None, smoke: bool) -> None:
@@ -286,7 +289,7 @@ def evaluate(
 ) -> None:
     """Val loss and perplexity on fixed val windows, fixed-prompt samples, eval.json and loss.png."""
     cfg = load_or_exit(config, set_, smoke)
-    run_job("eval", cfg, lambda: run_eval(cfg, checkpoint))
+    run_job(job_file(cfg, "eval"), lambda: run_eval(cfg, checkpoint))
 
 
 def run_eval(cfg: JobConfig, folder: Path | None) -> None:
@@ -347,7 +350,7 @@ def export(
         if push:
             print(f"pushed to {push} at {ex.push(target, push)[:12]}")
 
-    run_job("export", cfg, body)
+    run_job(job_file(cfg, "export"), body)
 
 
 def default_checkpoint(cfg: JobConfig) -> Path:
@@ -367,7 +370,7 @@ def default_checkpoint(cfg: JobConfig) -> Path:
 def pipeline(config: ConfigOpt = None, set_: SetOpt = None, smoke: SmokeOpt = False) -> None:
     """tokenizer -> prepare -> benchmark -> train -> eval, skipping a step whose outputs exist and verify."""
     cfg = load_or_exit(config, set_, smoke)
-    record = JobFile(run_dir(cfg), "pipeline", [Path(sys.argv[0]).name, *sys.argv[1:]])
+    record = job_file(cfg, "pipeline")
     base = ["--smoke"] if smoke else (["--config", str(config)] if config else [])
     base += [x for s in (set_ or []) for x in ("--set", s)]
     steps = [
@@ -401,17 +404,8 @@ def pipeline(config: ConfigOpt = None, set_: SetOpt = None, smoke: SmokeOpt = Fa
         print_outputs(cfg)
         return "succeeded"
 
-    # The steps overwrite job.json with their own records; the pipeline's goes back on top after each.
-    record.start()
-    try:
-        state = body()
-    except UserError as e:
-        record.finish("failed", 2, str(e))
-        fail(str(e))
-        raise typer.Exit(2) from None
-    record.finish(state, EXIT_STOPPED if state == "stopped" else 0)
-    if state == "stopped":
-        raise typer.Exit(EXIT_STOPPED)
+    # Each step writes job.json as its own job; the pipeline's record goes back on top after each.
+    run_job(record, body)
 
 
 def print_outputs(cfg: JobConfig) -> None:
