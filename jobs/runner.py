@@ -29,6 +29,11 @@ from trainer.errors import UserError
 
 app = typer.Typer(
     help="Train a Llama-style model from raw text: tokenizer, data, benchmark, train, eval, export.",
+    epilog=(
+        "Try it on this machine: [bold]jobs demo-corpus && jobs pipeline --smoke[/]. "
+        "On a GPU: [bold]jobs sync-data pull && jobs pipeline[/]. "
+        "Every job takes --config FILE and --set key=value; each writes runs/<run>/job.json."
+    ),
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
