@@ -262,4 +262,8 @@ def train(cfg: Config, resume: str | None = None, stop_at: int | None = None) ->
         val = f", best val loss {best:.4f}" if math.isfinite(best) else ""
         last = f"loss {last_loss:.4f}" if last_loss is not None else "no step taken"
         print(f"{state}: step {step}/{t.max_steps}, {tokens:,} tokens, {last}{val}; checkpoints in {ckpt_dir}")
+    # Every rank leaves together and closes its process group: a gloo/NCCL group
+    # torn down by interpreter exit can abort a rank that already finished.
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     return TrainResult(state, step, tokens, run_dir, last_loss, best if math.isfinite(best) else None)
