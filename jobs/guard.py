@@ -22,23 +22,36 @@ def spent(since: float, hourly_rate: float, now: float | None = None) -> float:
     return ((now or time.time()) - since) / 3600 * hourly_rate
 
 
-def guard(run_dir: Path, hourly_rate: float, max_cost: float, since: float | None = None,
-          poll_s: float = 30.0, log=print) -> str:
-    """Watch `run_dir/job.json` until the job ends ("ended") or the budget is reached ("stopped")."""
-    deadline_wait = time.time() + 600  # the job has ten minutes to write its job.json
-    job = read_job(run_dir)
-    while job is None and time.time() < deadline_wait:
-        time.sleep(min(poll_s, 5))
+def wait_for_job(run_dir: Path, job_name: str, timeout_s: float, poll_s: float) -> dict | None:
+    """The job's record once it runs; None when the steps before it failed or it never came.
+
+    The steps before training (a data pull, say) write job.json too: their
+    success means wait on, their failure means training will not start.
+    """
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
         job = read_job(run_dir)
+        if job and job["job"] == job_name and job["state"] == "running":
+            return job
+        if job and job["state"] in ("failed", "stopped"):
+            return None
+        time.sleep(poll_s)
+    return None
+
+
+def guard(run_dir: Path, hourly_rate: float, max_cost: float, since: float | None = None, poll_s: float = 30.0,
+          job_name: str = "train", start_timeout_s: float = 24 * 3600, log=print) -> str:
+    """Watch `run_dir/job.json` until the job ends ("ended") or the budget is reached ("stopped")."""
+    job = wait_for_job(run_dir, job_name, start_timeout_s, min(poll_s, 5.0))
     if job is None:
-        log(f"budget guard: no job.json in {run_dir}; nothing to guard")
+        log(f"budget guard: no running {job_name} job in {run_dir}; nothing to guard")
         return "ended"
     since = since or job["started_at"]
     log(f"budget guard: ${max_cost:.2f} at ${hourly_rate:.2f}/h since {time.ctime(since)} "
         f"= {max_cost / hourly_rate:.2f} h" if hourly_rate else "budget guard: hourly_rate is 0, nothing to spend")
     while True:
         job = read_job(run_dir)
-        if job is None or job["state"] != "running":
+        if job is None or job["job"] != job_name or job["state"] != "running":
             return "ended"
         cost = spent(since, hourly_rate)
         if hourly_rate and cost >= max_cost:

@@ -484,15 +484,18 @@ def budget_guard(
     smoke: SmokeOpt = False,
     since: Annotated[Optional[float], typer.Option(help="When billing started (Unix time); default: the job's start.")] = None,
     poll: Annotated[float, typer.Option(help="Seconds between checks.")] = 30.0,
+    job: Annotated[str, typer.Option(help="The job to guard; the guard waits for it to start.")] = "train",
+    start_timeout: Annotated[float, typer.Option(help="Seconds to wait for that job to start.")] = 24 * 3600,
 ) -> None:
-    """Beside a running job: SIGTERM it (checkpoint, stop) once hours x cost.hourly_rate reaches cost.max_cost."""
+    """Beside a job: SIGTERM it (checkpoint, stop) once hours x cost.hourly_rate reaches cost.max_cost."""
     from jobs.guard import guard
 
     cfg = load_or_exit(config, set_, smoke)
     if cfg.cost.max_cost is None:
         fail("cost.max_cost is not set: there is no budget to guard")
         raise typer.Exit(2)
-    guard(run_dir(cfg), cfg.cost.hourly_rate, cfg.cost.max_cost, since=since, poll_s=poll)
+    guard(run_dir(cfg), cfg.cost.hourly_rate, cfg.cost.max_cost, since=since, poll_s=poll, job_name=job,
+          start_timeout_s=start_timeout)
 
 
 # --- status ------------------------------------------------------------------------

@@ -1,17 +1,21 @@
 """`launcher`: rent or reach a GPU host, run jobs there in tmux, follow them, bring results home.
 
-    launcher offers                      Vast offers that fit configs/launcher.yaml
-    launcher up --provider vast          rent, wait for SSH, start the job in tmux
-    launcher status | logs -f | pull     follow it and bring back checkpoints
+    launcher offers                      Vast offers that fit, cheapest per token of this model first
+    launcher up --provider vast [--watch]  rent the cheapest per token within cost.max_cost, start the job
+    launcher status | logs -f | pull     follow it, bring back checkpoints and report.md
+    launcher watch [--auto-resume]       pull checkpoints as they come; at the end pull, report, destroy
+    launcher up --resume RUN             a lost instance: continue RUN from its latest pulled checkpoint
     launcher down [--pull]               stop the job, destroy the instance (idempotent)
     launcher ssh [--attach] | ls         a shell on the host; everything the launcher knows of
 
 Every deployment is recorded in a local state file right after it is created,
-so an instance is never forgotten and left billing.
+so an instance is never forgotten and left billing. With cost.max_cost set, a
+budget guard runs beside the job on the host and stops it (with a checkpoint)
+when the instance's time x price reaches the budget, laptop or no laptop.
 """
-
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -27,12 +31,17 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from jobs.config import JobConfig
 from launcher.config import LauncherConfig, load_launcher_config
 from launcher.image import image_app
+from launcher.pricing import RankedOffer, ThroughputHistory, rank, within_budget
 from launcher.providers import Instance, Provider, get_provider
+from launcher.providers.base import Offer
+from launcher.providers.vast import LOST
 from launcher.remote import CONNECTION_ERRORS, Remote, interactive_ssh, local_rsync, rsync_pull, sftp_pull
-from launcher.state import JobInfo, Record, State
+from launcher.state import Estimate, JobInfo, Record, State
 from trainer.errors import UserError
+from trainer.fileio import atomic_write_json, atomic_write_text
 
 app = typer.Typer(
     help="Rent a Vast.ai GPU or reach a Colab / SSH host, run jobs in tmux, tail logs, pull results, tear down.",
@@ -88,28 +97,54 @@ def provider_for(ctx: Ctx, rec: Record | None = None) -> Provider:
 # --- offers ----------------------------------------------------------------------------
 
 
+ConfigFlag = Annotated[Optional[str], typer.Option("--config", "-c", help="Training config (read and checked here, sent to the host).")]
+SetFlag = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a training key (repeatable).")]
+SmokeFlag = Annotated[bool, typer.Option("--smoke", help="The tiny CPU training run (`jobs train --smoke`).")]
+
+
 @app.command()
 def offers(
+    config: ConfigFlag = None,
+    set_: SetFlag = None,
+    smoke: SmokeFlag = False,
     launcher_config: LauncherConfigOpt = None,
     opt: OptOpt = None,
     gpu: Annotated[Optional[list[str]], typer.Option(help="GPU model, Vast's name (repeatable), e.g. 'RTX 4090'.")] = None,
     max_dph: Annotated[Optional[float], typer.Option(help="$/h cap for the machine.")] = None,
     interruptible: Annotated[Optional[bool], typer.Option("--interruptible/--on-demand", help="Bid or on-demand offers.")] = None,
 ) -> None:
-    """The Vast offers that fit the config, cheapest first."""
+    """The Vast offers that fit the config, cheapest per token for the configured model first."""
     ctx = setup(launcher_config, opt, None)
     apply_vast_flags(ctx.cfg, gpu, max_dph, interruptible, None)
-    rows = get_provider(ctx.cfg, "vast").find()
-    if not rows:
+    apply_job_flags(ctx.cfg, config, set_, smoke)
+    plan = plan_job(ctx.cfg, ctx.cfg.job.job)
+    ranked = rank_offers(ctx, plan, get_provider(ctx.cfg, "vast").find())
+    if not ranked:
         raise UserError("no Vast offer fits the config (vast.gpu_names, max_dph, min_reliability, ...): loosen it")
-    table = Table(title=f"Vast offers ({'interruptible' if ctx.cfg.vast.interruptible else 'on-demand'})")
-    for col in ("offer", "GPU", "$/h", "reliability", "disk GB", "inet down Mb/s", "CUDA", "where"):
-        table.add_column(col, justify="right" if col not in ("GPU", "where") else "left")
-    for o in rows:
-        table.add_row(o.id, f"{o.num_gpus}x {o.gpu_name}", f"{o.price_per_hour:.3f}", f"{o.reliability:.3f}",
-                      f"{o.disk_gb:.0f}", f"{o.inet_down:.0f}", f"{o.cuda:.1f}", o.location)
+    from trainer.cost import run_tokens
+
+    table = Table(title=f"Vast offers ({'interruptible' if ctx.cfg.vast.interruptible else 'on-demand'}) for run {plan.run}, "
+                        f"{fmt_tokens(run_tokens(plan.train_cfg, ctx.cfg.vast.num_gpus))} tokens, cheapest per token first")
+    cols = ("offer", "GPU", "$/h", "tokens/s", "source", "$ / 1B tok", "hours", "total $", "reliability", "inet down Mb/s",
+            "data download", "where")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("GPU", "source", "where") else "right")
+    budget = plan.train_cfg.cost.max_cost
+    for r in ranked:
+        o = r.offer
+        over = budget is not None and (r.total is None or r.total > budget)
+        table.add_row(o.id, f"{o.num_gpus}x {o.gpu_name}", f"{o.price_per_hour:.3f}", num(r.tokens_per_s, ",.0f"), r.source,
+                      num(r.dollars_per_billion, ".3g"), num(r.hours, ".2f"),
+                      ("[red]" if over else "") + num(r.total, ".2f") + ("[/]" if over else ""),
+                      f"{o.reliability:.3f}", f"{o.inet_down:.0f}", fmt_duration(r.download_min * 60) if r.download_min else "-",
+                      o.location)
     out.print(table)
-    console.print(f"{len(rows)} offers; `launcher up --provider vast` rents the first")
+    note = f"; totals in red are over max_cost ${budget:.2f}" if budget is not None else ""
+    console.print(f"{len(ranked)} offers; `launcher up --provider vast` rents the cheapest per token that fits{note}")
+
+
+def num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def apply_vast_flags(cfg: LauncherConfig, gpu, max_dph, interruptible, image) -> None:
@@ -123,6 +158,47 @@ def apply_vast_flags(cfg: LauncherConfig, gpu, max_dph, interruptible, image) ->
         cfg.vast.image = image
 
 
+def apply_job_flags(cfg: LauncherConfig, config: str | None, sets: list[str] | None, smoke: bool) -> None:
+    if config:
+        cfg.job.config = config
+    cfg.job.set += sets or []
+    cfg.job.smoke = smoke or cfg.job.smoke
+
+
+def throughput_history(ctx: Ctx) -> ThroughputHistory:
+    """Every throughput.json the launcher has pulled, so measured figures replace estimates."""
+    return ThroughputHistory(ctx.state.dir / "throughput_history.json")
+
+
+def rank_offers(ctx: Ctx, plan: "JobPlan", found: list[Offer], tokens_done: int = 0) -> list[RankedOffer]:
+    from trainer.cost import bench_hash, run_tokens
+
+    tc = plan.train_cfg
+    target = max(run_tokens(tc, ctx.cfg.vast.num_gpus) - tokens_done, 0)
+    if ctx.cfg.pricing.dataset_gb is not None:
+        data_bytes = int(ctx.cfg.pricing.dataset_gb * 1e9)
+    else:
+        data_bytes = sum(p.stat().st_size for p in Path(tc.data.dir).glob("*.bin"))
+    return rank(found, tc.model.flops_per_token(), target, throughput_history(ctx), bench_hash(tc),
+                ctx.cfg.pricing.expected_mfu, data_bytes)
+
+
+def choose_offers(ctx: Ctx, plan: "JobPlan", found: list[Offer], tokens_done: int, spent_before: float) -> list[RankedOffer]:
+    """The offers to try, cheapest per token first, without those whose projected total breaks max_cost."""
+    ranked = rank_offers(ctx, plan, found, tokens_done)
+    if not ranked:
+        raise UserError("no Vast offer fits the config (vast.gpu_names, max_dph, min_reliability, ...): loosen it")
+    max_cost = plan.train_cfg.cost.max_cost
+    budget = None if max_cost is None else max_cost - spent_before
+    fits, refused = within_budget(ranked, budget)
+    for why in refused:
+        console.print(f"[yellow]refused {why}[/]")
+    if not fits:
+        raise UserError(f"no offer fits cost.max_cost ${max_cost:.2f}"
+                        + (f" (${spent_before:.2f} already spent)" if spent_before else "") + f": {refused[0]}")
+    return fits
+
+
 # --- up --------------------------------------------------------------------------------
 
 
@@ -132,32 +208,44 @@ class JobPlan:
     run: str
     steps: list[str]  # shell commands run in order in the tmux session
     uploads: dict[str, bytes]  # host path -> content, written before the job starts
+    guard_steps: list[str]  # the budget guard's tmux session; empty without cost.max_cost
+    train_cfg: JobConfig  # the training config as the host will read it
 
 
-def plan_job(cfg: LauncherConfig, job: str) -> JobPlan:
-    """Validate the training config here, before anything is rented, and build the host commands."""
-    from trainer.config import apply_overrides, load_config, read_yaml
+GUARD_SESSION = "budget-guard"
 
-    from jobs.config import JobConfig
+
+def plan_job(cfg: LauncherConfig, job: str, hourly_rate: float | None = None, since: float | None = None,
+             resume: bool = False) -> JobPlan:
+    """Validate the training config here, before anything is rented, and build the host commands.
+
+    `hourly_rate` is the rented price: the host's cost guard, budget guard and report use it.
+    """
+    from jobs.runner import load
+    from trainer.config import to_dict
 
     jobs, jc = cfg.remote.jobs_command, cfg.job
-
-    def commands(config_flag: str) -> list[str]:
-        # `{config}` in a before-step is the job's own config flag, so sync-data pulls the data that job reads.
-        return [f"{jobs} {b.replace('{config}', config_flag)}".rstrip() for b in jc.before] + [f"{jobs} {job} {config_flag}".rstrip()]
-
-    if jc.smoke:
-        return JobPlan(job, "smoke", commands("--smoke"), {})
-    if not jc.config:
-        return JobPlan(job, job, commands(""), {})
-    train_cfg = load_config(JobConfig, jc.config, jc.set)  # a bad key stops here with one line
+    sets = jc.set + ([f"cost.hourly_rate={hourly_rate}"] if hourly_rate is not None else [])
+    config = jc.config or "train.yaml"
+    train_cfg = load(None if jc.smoke else Path(config), sets, jc.smoke)  # a bad key stops here with one line
     run = train_cfg.train.run_name
-    # The host gets one self-contained file: the base chain merged, the overrides applied.
-    merged = apply_overrides(read_yaml(jc.config), jc.set, jc.config)
-    remote_config = f"{cfg.remote.workdir}/.launcher/{run}.yaml"
-    uploads = {remote_config: yaml.safe_dump(merged, sort_keys=False).encode()}
-    return JobPlan(job, run, commands(f"--config {shlex.quote(remote_config)}"), uploads)
-
+    uploads: dict[str, bytes] = {}
+    if jc.smoke:  # the host has configs/smoke.yaml; overrides travel as flags (never secrets)
+        flag = " ".join(["--smoke", *(f"--set {shlex.quote(s)}" for s in sets)])
+    else:  # the host gets one self-contained file: the config as loaded here, base chain and overrides applied
+        remote_config = f"{cfg.remote.workdir}/.launcher/{run}.yaml"
+        uploads[remote_config] = yaml.safe_dump(to_dict(train_cfg), sort_keys=False).encode()
+        flag = f"--config {shlex.quote(remote_config)}"
+    # `{config}` in a before-step is the job's own config flag, so sync-data pulls the data that job reads.
+    steps = [f"{jobs} {b.replace('{config}', flag)}".rstrip() for b in jc.before]
+    steps.append(f"{jobs} {job} {flag}" + (" --resume" if resume else ""))
+    guard_steps: list[str] = []
+    if job == "train" and train_cfg.cost.max_cost is not None:
+        # The guard waits for the training itself (the steps before it write job.json too) and
+        # gives up by itself if a step before it fails.
+        guard_steps = [f"{jobs} budget-guard {flag} --job train --poll {cfg.remote.guard_poll_s:g}"
+                       + (f" --since {since:.3f}" if since is not None else "")]
+    return JobPlan(job, run, steps, uploads, guard_steps, train_cfg)
 
 def ensure_ssh_key(path: Path) -> str:
     """The public key the rented host must trust; made with ssh-keygen the first time."""
@@ -210,9 +298,14 @@ class StateLedger:
 def up(
     provider: Annotated[Optional[str], typer.Option(help="vast | colab | ssh (default: the config's).")] = None,
     job: Annotated[Optional[str], typer.Option(help="The `jobs` command to run: train, pipeline, ...")] = None,
-    config: Annotated[Optional[str], typer.Option("--config", "-c", help="Training config (read and checked here, sent to the host).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a training key (repeatable).")] = None,
-    smoke: Annotated[bool, typer.Option("--smoke", help="The tiny CPU training run (`jobs train --smoke`).")] = False,
+    config: ConfigFlag = None,
+    set_: SetFlag = None,
+    smoke: SmokeFlag = False,
+    resume: Annotated[Optional[str], typer.Option("--resume", metavar="RUN",
+                                                  help="Continue RUN from its latest checkpoint pulled here (after a lost instance).")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Then follow the run: pull checkpoints, and at its end pull, report, destroy.")] = False,
+    auto_resume: Annotated[Optional[bool], typer.Option("--auto-resume/--no-auto-resume",
+                                                        help="With --watch: replace a lost instance and resume (default: watch.auto_resume).")] = None,
     host: Annotated[Optional[str], typer.Option(help="colab: the *.trycloudflare.com name; ssh: a host or ~/.ssh/config name.")] = None,
     gpu: Annotated[Optional[list[str]], typer.Option(help="vast: GPU model (repeatable).")] = None,
     max_dph: Annotated[Optional[float], typer.Option(help="vast: $/h cap.")] = None,
@@ -231,26 +324,55 @@ def up(
     apply_vast_flags(cfg, gpu, max_dph, interruptible, image)
     if host:
         cfg.colab.host = cfg.ssh.host = host
-    if config:
-        cfg.job.config = config
-    cfg.job.set += set_ or []
-    cfg.job.smoke = smoke or cfg.job.smoke
+    apply_job_flags(cfg, config, set_, smoke)
     job = job or cfg.job.job
     if existing := ctx.state.get(ctx.name):
-        where = existing.instance_id or (existing.ssh.host if existing.ssh else existing.label)
-        raise UserError(f"deployment {ctx.name!r} is already up ({existing.provider} {where}): `launcher down -n {ctx.name}` first, or --name another")
+        lost = instance_lost(ctx, existing) if resume else None
+        if lost is None:
+            where = existing.instance_id or (existing.ssh.host if existing.ssh else existing.label)
+            raise UserError(f"deployment {ctx.name!r} is already up ({existing.provider} {where}): `launcher down -n {ctx.name}` first, or --name another")
+        console.print(f"[yellow]instance {existing.instance_id} was lost ({lost}); clearing it[/]")
+        teardown(ctx, existing, stop_job=False)
+    if resume:
+        if job != "train":
+            raise UserError(f"--resume continues a training run; it cannot resume `jobs {job}`")
+        run = plan_job(cfg, job).run
+        if run != resume:
+            raise UserError(f"--resume {resume}: the training config's run is {run!r}; pass the same --config/--set as the first `up`")
+    deploy(ctx, job, resume=bool(resume))
+    flag = "" if ctx.name == ctx.cfg.name else f" -n {ctx.name}"
+    if watch:
+        from launcher.watch import follow
 
+        raise typer.Exit(follow(ctx, cfg.watch.auto_resume if auto_resume is None else auto_resume))
+    console.print(f"follow it:  launcher watch{flag}   |   launcher logs -f{flag}   |   launcher status{flag}   |   "
+                  f"launcher pull{flag}   |   launcher down{flag}")
+
+
+def deploy(ctx: Ctx, job: str, resume: bool = False) -> Record:
+    """Rent or reach a host, prepare it, start the job (and the budget guard); the record says what is up.
+
+    `resume`: the run's latest checkpoint pulled here goes to the host first and training continues from it,
+    and what earlier instances of the run cost counts against cost.max_cost.
+    """
+    cfg = ctx.cfg
     plan = plan_job(cfg, job)
+    checkpoint_dir = latest_local_checkpoint(cfg, plan.run) if resume else None
+    spent_before = read_spent(cfg, plan.run) if resume else 0.0
     env = {k: os.environ[k] for k in cfg.remote.forward_env if os.environ.get(k)}
     public_key = ensure_ssh_key(Path(cfg.ssh_key).expanduser()) if cfg.provider == "vast" else None
     prov = get_provider(cfg, public_key=public_key)
     label = f"{cfg.vast.label_prefix}-{ctx.name}-{int(time.time())}"
     rec = Record(name=ctx.name, provider=prov.name, label=label, workdir=cfg.remote.workdir,
-                 jobs_command=cfg.remote.jobs_command, tmux_socket=cfg.remote.tmux_socket)
+                 jobs_command=cfg.remote.jobs_command, tmux_socket=cfg.remote.tmux_socket, spent_before=spent_before)
+    ranked: list[RankedOffer] = []
     if prov.rents:
+        tokens_done = read_checkpoint_state(checkpoint_dir)["tokens"] if checkpoint_dir else 0
+        ranked = choose_offers(ctx, plan, prov.find(), tokens_done, spent_before)
         ctx.state.put(rec)  # the label is on record before the purchase, so even an ambiguous create is found
     try:
-        _, target = prov.provision(label, StateLedger(ctx.state, rec))
+        instance, target = prov.provision(label, StateLedger(ctx.state, rec), [r.offer for r in ranked] if prov.rents else None)
+        rec.estimate = next((estimate_of(r) for r in ranked if r.offer.id == instance.offer_id), None)
         rec.ssh = target
         remote = Remote(target, rec.workdir, rec.tmux_socket).connect(cfg.remote.connect_timeout_s, quiet=False)
         ctx.state.put(rec)  # now with the pinned host key
@@ -259,20 +381,99 @@ def up(
         remote.prepare(env)
         if prov.name == "colab" and cfg.colab.install:
             remote.install_wheel(Path(cfg.colab.wheel).expanduser() if cfg.colab.wheel else build_wheel(), cfg.colab.install_command)
+        # Billing began at the create; on a resumed run the guard counts what earlier instances cost too.
+        since = None
+        if prov.rents:
+            since = rec.created_at - (spent_before / rec.price_per_hour * 3600 if rec.price_per_hour else 0.0)
+        plan = plan_job(cfg, job, hourly_rate=rec.price_per_hour if prov.rents else None, since=since, resume=resume)
         for path, data in plan.uploads.items():
             remote.write_file(path, data)
-        session = plan.job
-        remote.start_job(session, plan.steps)
-        rec.job = JobInfo(job=plan.job, run=plan.run, session=session)
+        if checkpoint_dir is not None:
+            upload_run(remote, plan.run, checkpoint_dir)
+        remote.start_job(plan.job, plan.steps)
+        if plan.guard_steps:
+            remote.start_job(GUARD_SESSION, plan.guard_steps)
+        rec.job = JobInfo(job=plan.job, run=plan.run, session=plan.job, config=cfg.job.config, sets=list(cfg.job.set),
+                          smoke=cfg.job.smoke, guard_session=GUARD_SESSION if plan.guard_steps else None,
+                          model_params=plan.train_cfg.model.param_count())
         ctx.state.put(rec)
         remote.close()
     except BaseException as e:
         abandon(ctx, prov, rec, e)
         raise
-    flag = "" if ctx.name == ctx.cfg.name else f" -n {ctx.name}"
-    console.print(f"[green]started[/] `{plan.job}` (run {plan.run}) in tmux session {session!r} on {prov.name}"
+    console.print(f"[green]started[/] `{plan.job}` (run {plan.run}{', resumed' if resume else ''}) in tmux session {plan.job!r} on {prov.name}"
                   + (f" instance {rec.instance_id} at ${rec.price_per_hour:.3f}/h" if rec.instance_id else ""))
-    console.print(f"follow it:  launcher logs -f{flag}   |   launcher status{flag}   |   launcher pull{flag}   |   launcher down{flag}")
+    if rec.estimate:
+        console.print(f"expected: {fmt_estimate(rec.estimate)}")
+    if plan.guard_steps:
+        console.print(f"budget guard on the host: stops training with a checkpoint at ${plan.train_cfg.cost.max_cost:.2f}")
+    return rec
+
+
+def estimate_of(r: RankedOffer) -> Estimate:
+    tokens = int(r.hours * 3600 * r.tokens_per_s) if r.hours and r.tokens_per_s else 0
+    return Estimate(r.offer.gpu_name, r.tokens_per_s, r.source, r.hours, r.total, tokens)
+
+
+def fmt_estimate(e: Estimate) -> str:
+    if e.tokens_per_s is None:
+        return f"{e.gpu_name}: no throughput known"
+    return (f"{e.tokens_per_s:,.0f} tokens/s on {e.gpu_name} ({e.source}): {fmt_tokens(e.target_tokens)} tokens in "
+            f"{fmt_duration((e.hours or 0) * 3600)} for ${e.total or 0:.2f}")
+
+
+def spent_path(cfg: LauncherConfig, run: str) -> Path:
+    return Path(cfg.pull.dest) / run / "spent.json"
+
+
+def read_spent(cfg: LauncherConfig, run: str) -> float:
+    """Dollars the run's earlier instances cost (written when each was torn down)."""
+    path = spent_path(cfg, run)
+    return float(json.loads(path.read_text())["dollars"]) if path.is_file() else 0.0
+
+
+def read_checkpoint_state(folder: Path) -> dict:
+    return json.loads((folder / "state.json").read_text())
+
+
+def latest_local_checkpoint(cfg: LauncherConfig, run: str) -> Path:
+    """The checkpoint of `run` with the most steps among those pulled here (watch and pull bring them)."""
+    ckpts = Path(cfg.pull.dest) / run / "checkpoints"
+    if (ckpts / "final").is_dir():
+        raise UserError(f"--resume {run}: the run has finished ({ckpts / 'final'} is here); nothing to resume")
+    found = [p for p in ckpts.glob("step_*") if (p / "state.json").is_file()]
+    if not found:
+        raise UserError(f"--resume {run}: no checkpoint in {ckpts}; `launcher pull` (or `watch`) brings them as they are made")
+    return max(found, key=lambda p: read_checkpoint_state(p)["step"])
+
+
+def upload_run(remote: Remote, run: str, checkpoint_dir: Path) -> None:
+    """The checkpoint, and the run's metrics up to its step, so the resumed run continues the same curve."""
+    step = read_checkpoint_state(checkpoint_dir)["step"]
+    run_dir, local = remote.run_dir(run), checkpoint_dir.parent.parent
+    remote.run(f"mkdir -p {shlex.quote(run_dir + '/checkpoints')}")
+    sent = remote.upload_dir(checkpoint_dir, f"{run_dir}/checkpoints/{checkpoint_dir.name}")
+    if (local / "metrics.jsonl").is_file():
+        rows = [line for line in (local / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        kept = "".join(f"{line}\n" for line in rows if json.loads(line).get("step", 0) <= step)  # later ones are made again
+        remote.write_file(f"{run_dir}/metrics.jsonl", kept.encode())
+        # The local copy stays a prefix of the host's, so pulls keep appending just the new lines.
+        atomic_write_text(local / "metrics.jsonl", kept)
+    if (local / "jobs.jsonl").is_file():  # earlier jobs' wall time counts in the report
+        remote.write_file(f"{run_dir}/jobs.jsonl", (local / "jobs.jsonl").read_bytes())
+    console.print(f"uploaded checkpoint {checkpoint_dir.name} (step {step}, {sent / 1e6:.1f} MB) to the host")
+
+
+def instance_lost(ctx: Ctx, rec: Record) -> str | None:
+    """Why a rented instance is no more (outbid, exited, gone), or None while it lives."""
+    if not rec.instance_id:
+        return None
+    inst = provider_for(ctx, rec).get(rec.instance_id)
+    if inst is None:
+        return "gone"
+    if inst.status in LOST:
+        return inst.status + (f": {inst.message}" if inst.message else "")
+    return None
 
 
 def abandon(ctx: Ctx, prov: Provider, rec: Record, error: BaseException) -> None:
@@ -313,10 +514,9 @@ def status(name: NameOpt = None, launcher_config: LauncherConfigOpt = None, opt:
         table.add_row("instance", "gone" if inst is None else (inst.status + (f" ({inst.message})" if inst.message else "")))
     if rec.ssh:
         table.add_row("ssh", f"{rec.ssh.user}@{rec.ssh.host}:{rec.ssh.port}")
-    hours = (time.time() - rec.created_at) / 3600
-    spent = hours * rec.price_per_hour
     eta_s = None
-    job_state = "no job"
+    if rec.estimate:
+        table.add_row("expected at rent", fmt_estimate(rec.estimate))
     if rec.job and rec.ssh:
         remote = connect(ctx, rec, timeout_s=30)
         try:
@@ -324,8 +524,10 @@ def status(name: NameOpt = None, launcher_config: LauncherConfigOpt = None, opt:
             code = remote.exit_code(rec.job.session)
             alive = remote.job_alive(rec.job.session)
             metrics = remote.last_metrics(rec.job.run)
-            job_state = describe_job(rec.job, record, code, alive)
-            table.add_row("job", job_state)
+            measured = remote.read_json(f"{rec.workdir}/runs/throughput.json")
+            table.add_row("job", describe_job(rec.job, record, code, alive))
+            if measured:
+                table.add_row("measured on host", fmt_measured(measured, rec.price_per_hour))
             if m := metrics.train:
                 eta_s = m.get("eta_s")
                 parts = [f"step {m.get('step')}", f"loss {m.get('loss'):.4f}" if isinstance(m.get("loss"), (int, float)) else "",
@@ -337,13 +539,27 @@ def status(name: NameOpt = None, launcher_config: LauncherConfigOpt = None, opt:
             failed = (record and record.get("state") == "failed") or (code not in (None, 0) and not alive)
             if failed:
                 table.add_row("log tail", remote.log_tail(rec.job.session, 15))
+            if not alive:
+                eta_s = None
         finally:
             remote.close()
-    money = f"${spent:.2f} over {fmt_duration(hours * 3600)} at ${rec.price_per_hour:.3f}/h"
+    spent = rec.spent()
+    money = f"${spent:.2f} spent"
+    money += f" (${rec.spent_before:.2f} on earlier instances)" if rec.spent_before else ""
+    money += f", {fmt_duration(time.time() - rec.created_at)} at ${rec.price_per_hour:.3f}/h"
     if eta_s and rec.price_per_hour:
         money += f"; projected ${spent + eta_s / 3600 * rec.price_per_hour:.2f} at the end"
     table.add_row("cost", money if rec.price_per_hour else "free (not rented by the launcher)")
     out.print(table)
+
+
+def fmt_measured(m: dict, price_per_hour: float) -> str:
+    """The host's own benchmark (runs/throughput.json), priced at what the instance costs."""
+    tps = (m.get("tokens_per_s") or 0) * (m.get("num_processes") or 1)
+    hours = m.get("target_tokens", 0) / tps / 3600 if tps else 0
+    mfu = f", MFU {m['mfu']:.1%}" if m.get("mfu") else ""
+    return (f"{tps:,.0f} tokens/s on {m.get('device')}{mfu}: {fmt_tokens(m.get('target_tokens', 0))} tokens in "
+            f"{fmt_duration(hours * 3600)} for ${hours * price_per_hour:.2f}")
 
 
 def describe_job(job: JobInfo, record: dict | None, code: int | None, alive: bool) -> str:
@@ -361,6 +577,10 @@ def describe_job(job: JobInfo, record: dict | None, code: int | None, alive: boo
     if code is not None:
         return f"{job.job} {'succeeded' if code == 0 else 'failed'}, exit code {code}"
     return f"{job.job} not running"
+
+
+def fmt_tokens(n: int) -> str:
+    return f"{n / 1e9:,.2f}B" if n >= 1e7 else f"{n:,}"
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -436,7 +656,8 @@ def pull(
     do_pull(ctx, ctx.record(), dest)
 
 
-def do_pull(ctx: Ctx, rec: Record, dest: Path | None) -> None:
+def do_pull(ctx: Ctx, rec: Record, dest: Path | None, report: bool = True) -> Path:
+    """Bring the run home; record the host's throughput.json in the history; write report.md."""
     if rec.job is None:
         raise UserError(f"no job was started on {rec.name!r}: nothing to pull")
     cfg = ctx.cfg.pull
@@ -444,9 +665,10 @@ def do_pull(ctx: Ctx, rec: Record, dest: Path | None) -> None:
     remote = connect(ctx, rec)
     try:
         append_only, rewritten = remote.pull_plan(rec.job.run, cfg.checkpoints, cfg.files)
+        measured = remote.read_json(f"{rec.workdir}/runs/throughput.json")
         if not append_only and not rewritten:
             console.print(f"nothing to pull yet in {remote.run_dir(rec.job.run)}")
-            return
+            return local
         method = cfg.method
         if method == "auto":
             method = "rsync" if local_rsync() and remote.has_rsync() else "sftp"
@@ -462,7 +684,16 @@ def do_pull(ctx: Ctx, rec: Record, dest: Path | None) -> None:
             b = sftp_pull(remote, remote_dir, rewritten, local, append=False, label="job files, samples")
     finally:
         remote.close()
+    if measured:
+        atomic_write_json(local / "throughput.json", measured)
+        throughput_history(ctx).record(measured)  # the next ranking uses it instead of an estimate
     console.print(f"[green]pulled[/] {a.files + b.files} files, {(a.bytes + b.bytes) / 1e6:.2f} MB new, into {local} (via {method})")
+    if report and (local / "metrics.jsonl").is_file():
+        from jobs.report import write_report
+
+        path = write_report(local, rec.price_per_hour, rec.job.model_params)
+        console.print(f"report: {path}")
+    return local
 
 
 # --- down ------------------------------------------------------------------------------
@@ -486,14 +717,25 @@ def down(
     if rec is None:
         console.print(f"nothing to tear down: no deployment named {ctx.name!r}")
         return
+    teardown(ctx, rec, pull_first=pull_first)
+
+
+def teardown(ctx: Ctx, rec: Record, pull_first: bool = False, stop_job: bool = True) -> None:
+    """Stop the job (and its budget guard), destroy the instance, forget the record.
+
+    `stop_job=False` for an instance already lost: there is nothing to reach, only something to destroy
+    (a stopped Vast instance still bills for its disk).
+    """
     prov = provider_for(ctx, rec)
-    reachable = rec.ssh is not None and (rec.instance_id is None or prov.get(rec.instance_id) is not None)
+    reachable = stop_job and rec.ssh is not None and (rec.instance_id is None or prov.get(rec.instance_id) is not None)
     if reachable and rec.job:
         try:
             if pull_first:
                 do_pull(ctx, rec, None)
             remote = connect(ctx, rec, timeout_s=min(ctx.cfg.remote.connect_timeout_s, 60))
             remote.stop_job(rec.job.session, rec.job.run)
+            if rec.job.guard_session:
+                remote.stop_job(rec.job.guard_session, None, grace_s=10)
             remote.close()
             console.print(f"stopped the job in tmux session {rec.job.session!r}")
         except UserError as e:
@@ -505,10 +747,31 @@ def down(
         if instance_id:
             gone = not prov.destroy(instance_id)
             console.print(f"instance {instance_id} {'was already gone' if gone else 'destroyed'}")
+        if rec.job:  # a resumed run (`up --resume`) counts this against its budget
+            atomic_write_json(spent_path(ctx.cfg, rec.job.run), {"dollars": rec.spent(), "at": time.time()})
     ctx.state.remove(rec.name)
     for path in (ctx.state.ssh_config_path(rec.name), ctx.state.known_hosts_path(rec.name)):
         path.unlink(missing_ok=True)
     console.print(f"[green]down[/]: {rec.name!r} removed from the launcher's record")
+
+
+# --- watch -----------------------------------------------------------------------------
+
+
+@app.command()
+def watch(
+    auto_resume: Annotated[Optional[bool], typer.Option("--auto-resume/--no-auto-resume",
+                                                        help="Replace a lost instance and resume (default: watch.auto_resume).")] = None,
+    name: NameOpt = None,
+    launcher_config: LauncherConfigOpt = None,
+    opt: OptOpt = None,
+) -> None:
+    """Follow the run: pull checkpoints as they come; at its end pull, write report.md, destroy the instance."""
+    from launcher.watch import follow
+
+    ctx = setup(launcher_config, opt, name)
+    ctx.record()
+    raise typer.Exit(follow(ctx, ctx.cfg.watch.auto_resume if auto_resume is None else auto_resume))
 
 
 # --- ssh, ls ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ class VastConfig:
     min_reliability: float = 0.98
     disk_gb: float = 60.0  # disk to rent; smaller offers are skipped
     min_inet_down: float = 200.0  # Mb/s, the data comes from the Hub
-    min_cuda: float = 12.4  # the image's CUDA needs at least this driver
+    min_cuda: float = 12.8  # the image's CUDA (12.8) refuses to start on an older driver
     interruptible: bool = False  # bid (cheaper, can be outbid) instead of on-demand
     bid_price: float | None = None  # $/h for interruptible; None: the offer's min_bid + 5%
     order: str = "dph_total"  # offer field to sort by, ascending
@@ -57,12 +57,15 @@ class SshHostConfig:
 @dataclass
 class RemoteConfig:
     workdir: str = "/workspace"  # where data/, tokenizer/ and runs/ live on the host
-    jobs_command: str = "jobs"  # how to run the `jobs` CLI there (a shell word or words)
+    # How to run the `jobs` CLI there (a shell word or words). `env`, because a
+    # bare `jobs` in a shell command line is the shell's job-control builtin.
+    jobs_command: str = "env jobs"
     tmux_socket: str = "llm-forge"  # a private tmux server (`tmux -L`), apart from the user's
     connect_timeout_s: float = 300.0  # bounded wait for SSH to answer
     # Names of local environment variables handed to the job through a 0600 env
     # file on the host (never argv). The Vast key stays home unless listed here.
     forward_env: list[str] = field(default_factory=lambda: ["HF_TOKEN"])
+    guard_poll_s: float = 30.0  # how often the budget guard beside the job looks at the clock
 
 
 @dataclass
@@ -88,10 +91,25 @@ class PullConfig:
             "eval.json",
             "job.json",
             "jobs.jsonl",
-            "throughput.json",
+            "budget.json",
         ]
     )
     method: str = "auto"  # auto (rsync when both ends have it) | rsync | sftp
+
+
+@dataclass
+class PricingConfig:
+    expected_mfu: float = 0.35  # for GPUs with no measured throughput yet
+    dataset_gb: float | None = None  # for the download time; None: the local data dir's .bin files
+
+
+@dataclass
+class WatchConfig:
+    poll_interval_s: float = 60.0  # between looks at the instance and the job; new checkpoints are pulled each time
+    auto_resume: bool = False  # a lost (outbid) instance: rent another and resume from the latest pulled checkpoint
+    max_resumes: int = 3
+    unreachable_timeout_s: float = 1800.0  # SSH failing this long counts as losing the instance
+    keep_awake: bool = True  # hold off idle sleep while watching (caffeinate / systemd-inhibit)
 
 
 @dataclass
@@ -106,6 +124,8 @@ class LauncherConfig:
     remote: RemoteConfig = field(default_factory=RemoteConfig)
     job: JobConfig = field(default_factory=JobConfig)
     pull: PullConfig = field(default_factory=PullConfig)
+    pricing: PricingConfig = field(default_factory=PricingConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
 
     def __post_init__(self) -> None:
         if self.provider not in ("vast", "colab", "ssh"):

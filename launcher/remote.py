@@ -291,6 +291,9 @@ exit "$code"
 """
         path = f"{self.control_dir}/{session}.sh"
         self.write_file(path, script.encode(), mode=0o700)
+        # Gone before the session starts, not just when its script runs: a session started right after
+        # (the budget guard) must not take a previous job's exit file for this one's.
+        self.run(f"rm -f {q(exit_file)}")
         self.run(self.tmux(f"new-session -d -s {q(session)} {q('sh ' + q(path))}"))
 
     def stop_job(self, session: str, run: str | None, grace_s: float = 60.0) -> None:
@@ -378,8 +381,36 @@ exit "$code"
                     target = os.path.basename(self.sftp.readlink(f"{base}/checkpoints/{name}").rstrip("/"))
                     if target in entries:
                         wanted.append(target)
-        append_only += [f"checkpoints/{n}" for n in dict.fromkeys(wanted)]
+        for n in dict.fromkeys(wanted):
+            # step_N/ and final/ are written once (renamed into place); best/ is replaced by each better
+            # eval, and a same-size file would look complete to an append.
+            (rewritten if n == "best" else append_only).append(f"checkpoints/{n}")
         return append_only, rewritten
+
+    def upload_dir(self, local: Path, remote: str) -> int:
+        """Copy a local folder (a checkpoint) to `remote`, renamed into place at the end so a
+        half-uploaded checkpoint is never taken for the latest. Returns the bytes sent."""
+        files = [p for p in sorted(local.rglob("*")) if p.is_file()]
+        tmp = f"{remote}.upload"
+        self.run(f"rm -rf {q(tmp)} && mkdir -p {q(tmp)}")
+        sent = 0
+        with Progress(TextColumn(f"uploading {local.name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task("upload", total=sum(p.stat().st_size for p in files))
+            for path in files:
+                rel = path.relative_to(local).as_posix()
+                if "/" in rel:
+                    self.run(f"mkdir -p {q(tmp + '/' + rel.rsplit('/', 1)[0])}")
+                done = [0]
+
+                def advance(moved: int, _total: int) -> None:
+                    bar.advance(task, moved - done[0])
+                    done[0] = moved
+
+                self.sftp.put(str(path), f"{tmp}/{rel}", callback=advance)
+                sent += path.stat().st_size
+        self.run(f"rm -rf {q(remote)} && mv {q(tmp)} {q(remote)}")
+        return sent
 
 
 # --- pulling: rsync when both ends have it, else SFTP ----------------------------------

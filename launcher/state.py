@@ -36,6 +36,24 @@ class JobInfo:
     run: str  # runs/<run>/ on the host
     session: str  # tmux session name on the private socket
     started_at: float = field(default_factory=time.time)
+    # What `up` was asked for, so a lost instance can be replaced by the same job (`up --resume`, the watcher).
+    config: str | None = None
+    sets: list[str] = field(default_factory=list)
+    smoke: bool = False
+    guard_session: str | None = None  # the budget guard's tmux session, when cost.max_cost is set
+    model_params: int | None = None  # for report.md
+
+
+@dataclass
+class Estimate:
+    """What ranking the offers expected of the rented one, kept to compare with the host's benchmark."""
+
+    gpu_name: str
+    tokens_per_s: float | None
+    source: str  # measured | estimated | unknown GPU
+    hours: float | None
+    total: float | None  # $ for the run's target tokens
+    target_tokens: int
 
 
 @dataclass
@@ -51,6 +69,11 @@ class Record:
     created_at: float = field(default_factory=time.time)
     ssh: SSHTarget | None = None
     job: JobInfo | None = None
+    estimate: Estimate | None = None
+    spent_before: float = 0.0  # $ the run's earlier instances cost (it was resumed here); see cli.read_spent
+
+    def spent(self, now: float | None = None) -> float:
+        return self.spent_before + ((now or time.time()) - self.created_at) / 3600 * self.price_per_hour
 
     @staticmethod
     def from_dict(d: dict) -> "Record":
@@ -61,6 +84,8 @@ class Record:
             d["ssh"] = SSHTarget(**d["ssh"])
         if d.get("job"):
             d["job"] = JobInfo(**d["job"])
+        if d.get("estimate"):
+            d["estimate"] = Estimate(**d["estimate"])
         return Record(**d)
 
 

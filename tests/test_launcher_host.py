@@ -40,7 +40,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/sshd").
 
 # A stand-in for the `jobs` CLI that keeps the host contract: job.json, metrics.jsonl, checkpoints.
 FAKE_JOBS = r'''
-import hashlib, json, os, re, sys, time
+import hashlib, json, os, re, signal, sys, time
 from pathlib import Path
 
 def write_json(path, obj):
@@ -49,9 +49,16 @@ def write_json(path, obj):
 args = sys.argv[1:]
 if args[0] == "sync-data":
     print(f"sync-data {' '.join(args[1:])}: data verified", flush=True); sys.exit(0)
+if args[0] == "budget-guard":  # the real guard: it only needs job.json and a pid to SIGTERM
+    os.execv(sys.executable, [sys.executable, "-m", "jobs.runner", *args])
 assert args[0] == "train", args
 run = "smoke" if "--smoke" in args else re.search(r"run_name: (\S+)", Path(args[args.index("--config") + 1]).read_text()).group(1)
 d = Path("runs") / run; (d / "checkpoints").mkdir(parents=True, exist_ok=True)
+start = 0
+if "--resume" in args:  # continue after the latest checkpoint, as `jobs train --resume` does
+    start = max(int(p.name[5:]) for p in (d / "checkpoints").glob("step_*"))
+    print(f"resumed from step {start}", flush=True)
+signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 steps, delay = int(os.environ.get("FAKE_STEPS", "6")), float(os.environ.get("FAKE_SLEEP", "0.1"))
 fail_at = int(os.environ.get("FAKE_FAIL_AT", "0"))
 token = os.environ.get("HF_TOKEN", "")
@@ -62,7 +69,8 @@ write_json(d / "job.json", rec)
 def finish(state, code, error=None):
     rec.update(state=state, exit_code=code, error=error, ended_at=time.time()); write_json(d / "job.json", rec); sys.exit(code)
 try:
-    for step in range(1, steps + 1):
+    done = start  # the last step completed: what a checkpoint on stop holds
+    for step in range(start + 1, steps + 1):
         time.sleep(delay)
         if step == fail_at:
             print("Traceback (most recent call last):\nRuntimeError: CUDA out of memory (fake)", flush=True)
@@ -71,17 +79,23 @@ try:
             f.write(json.dumps({"kind": "train", "step": step, "loss": 5.0 / step, "lr": 1e-3, "tokens": step * 1024,
                                 "tokens_per_s": 5000.0, "mfu": None, "eta_s": (steps - step) * delay, "time": time.time()}) + "\n")
         print(f"step {step} loss {5.0 / step:.4f}", flush=True)
+        done = step
         if step % 3 == 0:
             ck = d / "checkpoints" / f"step_{step:06d}"; tmp = ck.with_name(ck.name + ".tmp"); tmp.mkdir()
-            (tmp / "model.safetensors").write_bytes(os.urandom(300_000)); os.replace(tmp, ck)
+            (tmp / "model.safetensors").write_bytes(os.urandom(300_000))
+            (tmp / "state.json").write_text(json.dumps({"step": step, "tokens": step * 1024})); os.replace(tmp, ck)
     with open(d / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"kind": "eval", "step": steps, "val_loss": 1.2345, "time": time.time()}) + "\n")
+        f.write(json.dumps({"kind": "eval", "step": steps, "tokens": steps * 1024, "val_loss": 1.2345, "time": time.time()}) + "\n")
     best = d / "checkpoints" / "best"
     if not best.is_symlink(): best.symlink_to(sorted(p.name for p in (d / "checkpoints").glob("step_*"))[-1])
     (d / "fixed_prompt_samples.txt").write_text("Once upon a time there was a tiny model.\n")
-    (d / "eval.json").write_text(json.dumps({"val_loss": 1.2345}))
+    (d / "eval.json").write_text(json.dumps({"val_loss": 1.2345, "perplexity": 3.437}))
     finish("succeeded", 0)
-except KeyboardInterrupt:
+except KeyboardInterrupt:  # Ctrl-C from `down`, SIGTERM from the budget guard: checkpoint, then stop
+    ck = d / "checkpoints" / f"step_{done:06d}"
+    if done and not ck.exists():
+        ck.mkdir(); (ck / "model.safetensors").write_bytes(os.urandom(1000))
+        (ck / "state.json").write_text(json.dumps({"step": done, "tokens": done * 1024}))
     print("stopping: final checkpoint", flush=True); finish("stopped", 143, "interrupted")
 '''
 
@@ -233,7 +247,7 @@ def test_vast_up_status_logs_pull_down(world, capfd):
     assert (world.home / ".ssh" / "llm-forge_ed25519").exists()
 
     out, _ = world.cli(capfd, "logs", "-f")
-    assert "sync-data pull --smoke: data verified" in out and "step 1 loss" in out and "step 12 loss" in out
+    assert "sync-data pull --smoke --set cost.hourly_rate=0.3: data verified" in out and "step 1 loss" in out and "step 12 loss" in out
     assert "token received: " + hashlib.sha256(TOKEN.encode()).hexdigest()[:12] in out
 
     out, _ = world.cli(capfd, "status")
@@ -248,12 +262,17 @@ def test_vast_up_status_logs_pull_down(world, capfd):
     assert (local / "fixed_prompt_samples.txt").read_text().startswith("Once upon")
     assert json.loads((local / "job.json").read_text())["state"] == "succeeded"
     assert (local / "metrics.jsonl").read_text() == (world.workdir / "runs" / "smoke" / "metrics.jsonl").read_text()
+    report = (local / "report.md").read_text()  # issue 6: the pull leaves a report
+    for fact in ("| steps | 12 |", "| tokens | 12,288 |", "tokens/s (mean) | 5,000", "MFU", "training wall time",
+                 "training cost | $", "/h", "![loss and throughput](loss.png)"):
+        assert fact in report, fact
+    assert (local / "loss.png").read_bytes()[:4] == b"\x89PNG"
     # again: only new bytes move
     with open(world.workdir / "runs" / "smoke" / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"kind": "train", "step": 13, "loss": 0.1}) + "\n")
+        f.write(json.dumps({"kind": "train", "step": 13, "loss": 0.1, "tokens": 13 * 1024, "tokens_per_s": 5000.0}) + "\n")
     _, err = world.cli(capfd, "pull")
     assert "pulled 1 files" in err
-    assert (local / "metrics.jsonl").read_text().endswith('"loss": 0.1}\n')
+    assert (local / "metrics.jsonl").read_text().endswith('"tokens_per_s": 5000.0}\n')
 
     out, _ = world.cli(capfd, "ls")
     assert rec.instance_id in out and "not on record" not in out

@@ -9,12 +9,13 @@ import sys
 import time
 
 import pytest
+import yaml
 
-from launcher.cli import main
+from launcher.cli import latest_local_checkpoint, main, plan_job
 from launcher.config import LauncherConfig, VastConfig, load_launcher_config
 from launcher.providers.base import Instance
 from launcher.providers.vast import VastProvider, api_key, ssh_endpoint
-from launcher.state import JobInfo, Record, SSHTarget, State
+from launcher.state import Estimate, JobInfo, Record, SSHTarget, State
 from trainer.config import ConfigError
 from trainer.errors import UserError
 from vast_server import VastStandIn, offer
@@ -57,7 +58,7 @@ def run_cli(capfd, *args) -> tuple[int, str, str]:
 
 def test_bundled_config_loads_and_bad_keys_are_one_line_exit_2(tmp_path, capfd, monkeypatch):
     cfg = load_launcher_config(None)
-    assert cfg.remote.workdir == "/workspace" and cfg.remote.jobs_command == "jobs" and cfg.vast.gpu_names
+    assert cfg.remote.workdir == "/workspace" and cfg.remote.jobs_command == "env jobs" and cfg.vast.gpu_names
     with pytest.raises(ConfigError, match="unknown key 'vast.gpu'"):
         load_launcher_config(None, ["vast.gpu=H100"])
     bad = tmp_path / "bad.yaml"
@@ -86,7 +87,8 @@ def test_state_round_trips_atomically_with_0600_and_ssh_files(tmp_path):
     rec = Record(name="a", provider="vast", label="llm-forge-a-1", workdir="/w", jobs_command="jobs", tmux_socket="s",
                  instance_id="42", price_per_hour=0.3,
                  ssh=SSHTarget(host="1.2.3.4", port=2200, key_file="/k", host_key="ssh-ed25519 AAAAC3Nza"),
-                 job=JobInfo(job="train", run="smoke", session="train"))
+                 job=JobInfo(job="train", run="smoke", session="train", sets=["cost.max_cost=5"], guard_session="budget-guard"),
+                 estimate=Estimate("RTX 4090", 4e5, "measured", 2.0, 0.6, 2_880_000_000), spent_before=1.25)
     state.put(rec)
     state.put(Record(name="b", provider="ssh", label="l", workdir="/w", jobs_command="jobs", tmux_socket="s"))
     assert stat.S_IMODE(state.path.stat().st_mode) == 0o600
@@ -101,6 +103,39 @@ def test_state_round_trips_atomically_with_0600_and_ssh_files(tmp_path):
     state.path.write_text("{not json")
     with pytest.raises(UserError, match="unreadable launcher state"):
         state.load()
+
+
+def test_plan_sends_the_rented_price_and_starts_the_budget_guard_after_the_steps_before_training(tmp_path):
+    cfg = LauncherConfig()
+    cfg.remote.workdir, cfg.remote.guard_poll_s = "/w", 15
+    cfg.job.config, cfg.job.set = "train.yaml", ["cost.max_cost=12.5", "train.run_name=r1"]
+    plan = plan_job(cfg, "train", hourly_rate=0.42, since=1000.0, resume=True)
+    uploaded = yaml.safe_load(plan.uploads["/w/.launcher/r1.yaml"])
+    assert uploaded["cost"]["hourly_rate"] == 0.42 and uploaded["cost"]["max_cost"] == 12.5  # the host prices with what we pay
+    assert plan.steps == ["env jobs sync-data pull --config /w/.launcher/r1.yaml", "env jobs train --config /w/.launcher/r1.yaml --resume"]
+    assert plan.guard_steps == ["env jobs budget-guard --config /w/.launcher/r1.yaml --job train --poll 15 --since 1000.000"]
+    cfg.job.set = ["train.run_name=r1", "cost.max_cost=null"]  # no max_cost: no guard
+    assert plan_job(cfg, "train", hourly_rate=0.42).guard_steps == []
+    cfg.job.smoke, cfg.job.set = True, ["train.run_name=r1"]  # smoke: overrides travel as flags, not a file
+    smoke = plan_job(cfg, "train", hourly_rate=0.3)
+    assert smoke.uploads == {} and smoke.run == "smoke-r1"
+    assert smoke.steps[-1] == "env jobs train --smoke --set train.run_name=r1 --set cost.hourly_rate=0.3"
+
+
+def test_resume_takes_the_latest_pulled_step_and_refuses_a_finished_run(tmp_path):
+    cfg = LauncherConfig()
+    cfg.pull.dest = str(tmp_path)
+    ckpts = tmp_path / "r1" / "checkpoints"
+    with pytest.raises(UserError, match="no checkpoint in"):
+        latest_local_checkpoint(cfg, "r1")
+    for step in (90, 100, 110):
+        (ckpts / f"step_{step:06d}").mkdir(parents=True)
+        (ckpts / f"step_{step:06d}" / "state.json").write_text(json.dumps({"step": step, "tokens": step * 10}))
+    (ckpts / "step_000120.tmp").mkdir()  # being written: no state.json yet
+    assert latest_local_checkpoint(cfg, "r1").name == "step_000110"
+    (ckpts / "final").mkdir()
+    with pytest.raises(UserError, match="has finished"):
+        latest_local_checkpoint(cfg, "r1")
 
 
 # --- the Vast client against the stand-in -------------------------------------------------
@@ -211,5 +246,6 @@ def test_launcher_config_dataclass_defaults_match_the_bundled_yaml():
     # configs/launcher.yaml documents every default; it may pick other GPU names and prices.
     bundled, defaults = load_launcher_config(None), LauncherConfig()
     assert bundled.remote == defaults.remote and bundled.job == defaults.job and bundled.pull == defaults.pull
+    assert bundled.pricing == defaults.pricing and bundled.watch == defaults.watch
     assert json.dumps(sorted(vars(bundled.vast))) == json.dumps(sorted(vars(defaults.vast)))
     assert os.path.basename(bundled.ssh_key) == "llm-forge_ed25519"

@@ -169,4 +169,20 @@ def test_budget_guard_stops_training_with_a_checkpoint(workdir):
     step = max(losses(workdir, "smoke"))
     assert (workdir / "runs" / "smoke" / "checkpoints" / f"step_{step:06d}").is_dir()
     # with the job gone the guard has nothing to do and returns at once
-    assert "stopping" not in jobs("budget-guard", *args, "--set", "cost.max_cost=2", cwd=workdir, check=0).stdout
+    assert "nothing to guard" in jobs("budget-guard", *args, "--set", "cost.max_cost=2", cwd=workdir, check=0).stdout
+
+
+def test_budget_guard_waits_for_training_and_gives_up_when_a_step_before_it_fails(workdir):
+    from jobs.guard import wait_for_job
+    from jobs.jobfile import JobFile
+
+    run = workdir / "runs" / "r"
+    pull = JobFile(run, "sync-data-pull", ["jobs", "sync-data", "pull"]).start()
+    assert wait_for_job(run, "train", timeout_s=0.3, poll_s=0.05) is None  # a pull runs: still waiting, then times out
+    pull.finish("succeeded", 0)
+    assert wait_for_job(run, "train", timeout_s=0.3, poll_s=0.05) is None
+    train = JobFile(run, "train", ["jobs", "train"]).start()
+    assert wait_for_job(run, "train", timeout_s=5, poll_s=0.05)["pid"] == train.record.pid
+    train.finish("failed", 2, "bad data")
+    t0 = time.time()
+    assert wait_for_job(run, "train", timeout_s=30, poll_s=0.05) is None and time.time() - t0 < 5

@@ -1,12 +1,13 @@
 """A stand-in for Vast.ai's REST API on 127.0.0.1, written from the endpoints and fields vast-cli uses.
 
-- `POST /api/v0/bundles/`: offers filtered by `{"field": {"op": value}}` (eq, neq, gt, gte, lt, lte, in, nin), `order`, `limit`.
+- `POST /api/v0/bundles/`: offers filtered by `{"field": {"op": value}}` (eq, neq, gt, gte, lt, lte, in, notin), `order`, `limit`.
 - `PUT /api/v0/asks/{offer}/`: create, answered `{"success": true, "new_contract": id}`.
 - `GET|POST /api/v0/ssh/`, `POST /api/v0/instances/{id}/ssh/`: SSH keys; they land in the sshd's authorized_keys.
 - `GET /api/v0/instances/{id}/?owner=me`: `{"instances": {...}}`; `actual_status` advances null -> created ->
   loading -> running over polls (or sticks, or exits); SSH fields point at the local sshd.
-- `GET /api/v1/instances/`, `DELETE /api/v0/instances/{id}/` (`no_such_instance` once gone).
+- `GET /api/v1/instances/`, `DELETE /api/v0/instances/{id}/` (404 `not_found` once gone); the v1 list pages 25 at a time.
 - A bad key is `404 {"error": "auth_error"}`; every `rate_limit_every`-th request is a bare 429.
+- `preempted` instances read `stopped` (outbid), as an interruptible instance does when it loses its machine.
 
 Its instances ARE the test's sshd: a running instance's SSH target is 127.0.0.1 and a port given by the test.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 import threading
 import time
 from dataclasses import dataclass, field
@@ -49,11 +51,13 @@ class VastStandIn:
     rate_limit_every: int = 0  # every Nth request gets a 429 (0: never)
     rate_limit_next: int = 0  # the next N requests get a 429
     hang_up_after_create: bool = False  # buy the instance, then drop the connection without answering
+    gateway_errors_next: int = 0  # the next N requests get a 502 from Vast's gateway
     instances: dict[int, dict] = field(default_factory=dict)
     requests: list[tuple[str, str, dict | None]] = field(default_factory=list)
     ssh_keys: list[str] = field(default_factory=list)
     destroyed: list[int] = field(default_factory=list)
     rate_limited: int = 0
+    preempted: set[int] = field(default_factory=set)  # outbid: `stopped`, still listed, still billing its disk
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -98,6 +102,9 @@ class VastStandIn:
             self.requests.append((method, path, body))
             if auth != f"Bearer {self.api_key}":
                 return 404, {"success": False, "error": "auth_error", "msg": "Invalid user key"}
+            if self.gateway_errors_next > 0:
+                self.gateway_errors_next -= 1
+                return 502, None
             if self.rate_limit_next > 0 or (self.rate_limit_every and self._count % self.rate_limit_every == 0):
                 self.rate_limit_next -= 1
                 self.rate_limited += 1
@@ -108,27 +115,38 @@ class VastStandIn:
             if m := re.fullmatch(r"/api/v0/asks/(\d+)/", route):
                 return self.create(int(m.group(1)), body or {}) if method == "PUT" else (405, None)
             if route == "/api/v0/ssh/":
-                if method == "GET":
-                    return 200, {"keys": [{"id": i + 1, "public_key": k} for i, k in enumerate(self.ssh_keys)]}
+                if method == "GET":  # Vast's spec: a bare list whose field is `key`
+                    return 200, [{"id": i + 1, "key": k} for i, k in enumerate(self.ssh_keys)]
                 self.add_key(str((body or {}).get("ssh_key", "")))
                 return 200, {"success": True, "key": {"id": len(self.ssh_keys)}}
             if m := re.fullmatch(r"/api/v0/instances/(\d+)/ssh/", route):
                 if int(m.group(1)) not in self.instances:
-                    return 404, {"success": False, "error": "no_such_instance", "msg": "Instance not found"}
+                    return 404, {"success": False, "error": "not_found", "msg": "Instance not found"}
                 self.add_key(str((body or {}).get("ssh_key", "")))
                 return 200, {"success": True}
             if route == "/api/v1/instances/" and method == "GET":
-                return 200, {"instances": [self.view(i) for i in self.instances.values()]}
+                return 200, self.list_page(path)
             if m := re.fullmatch(r"/api/v0/instances/(\d+)/", route):
                 iid = int(m.group(1))
                 if method == "GET":
                     return 200, {"instances": self.poll(iid) if iid in self.instances else None}
                 if method == "DELETE":
                     if self.instances.pop(iid, None) is None:
-                        return 404, {"success": False, "error": "no_such_instance", "msg": "Instance not found"}
+                        return 404, {"success": False, "error": "not_found", "msg": "Instance not found"}
                     self.destroyed.append(iid)
                     return 200, {"success": True}
             return 404, {"success": False, "error": "not_found", "msg": f"{method} {route}"}
+
+    def list_page(self, path: str) -> dict:
+        """v1's list: 25 a page in id order, then `next_token` for `after_token`."""
+        query = {k: json.loads(v[0]) for k, v in urllib.parse.parse_qs(urllib.parse.urlparse(path).query).items()}
+        limit = min(int(query.get("limit", 25)), 25)
+        after = int(query.get("after_token") or 0)
+        ids = sorted(i for i in self.instances if i > after)
+        page = ids[:limit]
+        more = len(ids) > limit
+        return {"instances": [self.view(self.instances[i]) for i in page], "total_instances": len(self.instances),
+                "next_token": str(page[-1]) if more else None}
 
     def search(self, q: dict) -> list[dict]:
         rows = [o for o in self.offers if all(_match(o.get(k), cond) for k, cond in q.items() if isinstance(cond, dict))]
@@ -139,8 +157,9 @@ class VastStandIn:
     def create(self, offer_id: int, body: dict) -> tuple[int, dict]:
         o = next((x for x in self.offers if x["id"] == offer_id), None)
         if o is None or o["rented"]:
-            return 404, {"success": False, "error": "no_such_ask", "msg": f"offer {offer_id} is not available"}
-        if body.get("client_id") != "me" or not body.get("image") or body.get("runtype") not in ("ssh", "jupyter", "args"):
+            return 404, {"success": False, "error": "invalid_args",
+                         "msg": f"error 404/3603: no_such_ask Instance type by id {offer_id} is not available."}
+        if body.get("client_id") != "me" or not body.get("image") or body.get("runtype") not in RUNTYPES:
             return 400, {"success": False, "error": "invalid_args", "msg": "client_id, image and runtype are required"}
         o["rented"] = True
         self._next_id += 1
@@ -175,6 +194,9 @@ class VastStandIn:
             inst["status_msg"] = "Error response from daemon: container exited with code 1"
         elif status == "loading":
             inst["status_msg"] = "Pulling image layers: 3/7"
+        if iid in self.preempted:
+            status = "stopped"
+            inst["intended_status"], inst["status_msg"] = "stopped", "outbid: a higher bid took the machine"
         inst["actual_status"] = status
         if status == "running":
             if self.direct_port:
@@ -192,8 +214,9 @@ OPS = {
     "eq": lambda v, w: v == w, "neq": lambda v, w: v != w,
     "gt": lambda v, w: v is not None and v > w, "gte": lambda v, w: v is not None and v >= w,
     "lt": lambda v, w: v is not None and v < w, "lte": lambda v, w: v is not None and v <= w,
-    "in": lambda v, w: v in w, "nin": lambda v, w: v not in w,
+    "in": lambda v, w: v in w, "notin": lambda v, w: v not in w,
 }
+RUNTYPES = ("ssh", "ssh_direct", "ssh_proxy", "ssh_direc ssh_proxy", "jupyter", "jupyter_proxy ssh_proxy", "args")
 
 
 def _match(value, cond: dict) -> bool:

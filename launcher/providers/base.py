@@ -38,6 +38,7 @@ class Instance:
     price_per_hour: float = 0.0
     created_at: float | None = None
     message: str = ""  # the provider's last status message, shown on errors
+    offer_id: str | None = None  # the offer it was rented from
     raw: dict = field(default_factory=dict)
 
 
@@ -63,8 +64,9 @@ class Provider(Protocol):
 
     def find(self) -> list[Offer]: ...
 
-    def provision(self, label: str, ledger: Ledger) -> tuple[Instance, SSHTarget]:
-        """Create (when renting) and wait until SSH can be tried; never leaks an instance."""
+    def provision(self, label: str, ledger: Ledger, offers: list[Offer] | None = None) -> tuple[Instance, SSHTarget]:
+        """Create (when renting: from `offers` in that order, default `find()`) and wait until SSH can be tried;
+        never leaks an instance."""
         ...
 
     def get(self, instance_id: str) -> Instance | None: ...

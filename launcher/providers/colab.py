@@ -25,7 +25,7 @@ class ColabProvider:
     def find(self) -> list[Offer]:
         return []
 
-    def provision(self, label: str, ledger: Ledger) -> tuple[Instance, SSHTarget]:
+    def provision(self, label: str, ledger: Ledger, offers: list[Offer] | None = None) -> tuple[Instance, SSHTarget]:
         if not self.cfg.host:
             raise UserError("provider colab needs the tunnel's host name: --host NAME.trycloudflare.com")
         target = SSHTarget(

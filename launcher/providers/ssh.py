@@ -49,7 +49,7 @@ class SshProvider:
     def find(self) -> list[Offer]:
         return []
 
-    def provision(self, label: str, ledger: Ledger) -> tuple[Instance, SSHTarget]:
+    def provision(self, label: str, ledger: Ledger, offers: list[Offer] | None = None) -> tuple[Instance, SSHTarget]:
         return Instance(id=None, label=label, status="reachable"), self.target()
 
     def get(self, instance_id: str) -> Instance | None:

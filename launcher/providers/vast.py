@@ -14,6 +14,7 @@ import json
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from trainer.errors import UserError
 
 DEFAULT_URL = "https://console.vast.ai"
 NEVER_RUNNING = ("exited", "unknown", "offline")  # actual_status values that do not come back
+LOST = ("stopped", "exited")  # a running instance that is no more: outbid (interruptible) or its container ended
 console = Console(stderr=True)
 
 
@@ -37,6 +39,10 @@ class VastError(Exception):
         self.status, self.error, self.msg = status, error, msg
 
 
+class OfferGone(Exception):
+    """The offer was rented by someone else between the search and the create."""
+
+
 class Ambiguous(Exception):
     """No answer (network error, timeout, 5xx): the request may or may not have happened."""
 
@@ -46,14 +52,18 @@ def api_key() -> str:
     if key:
         return key
     config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    for path in (config_home / "vastai" / "vast_api_key", Path.home() / ".vast_api_key"):
+    # vast-cli reads its 2FA key file before the plain one; ~/.vast_api_key is its legacy place.
+    for path in (config_home / "vastai" / "vast_tfa_key", config_home / "vastai" / "vast_api_key", Path.home() / ".vast_api_key"):
         if path.is_file() and path.read_text().strip():
             return path.read_text().strip()
     raise UserError("no Vast API key: set VAST_API_KEY or run `vastai set api-key` (its key file is read too)")
 
 
+RETRYABLE = {429, 502, 503, 504}  # what vast-cli retries, with the same 0.15 s x 1.5 back-off
+
+
 class VastAPI:
-    def __init__(self, url: str, key: str, max_tries: int = 10, timeout_s: float = 30.0):
+    def __init__(self, url: str, key: str, max_tries: int = 10, timeout_s: float = 120.0):
         self.url, self._key, self.max_tries, self.timeout_s = url.rstrip("/"), key, max_tries, timeout_s
 
     def call(self, method: str, path: str, body: dict | None = None, api: str = "v0") -> dict:
@@ -62,27 +72,37 @@ class VastAPI:
         headers = {"Authorization": f"Bearer {self._key}", "Accept": "application/json"}
         if data is not None:
             headers["Content-Type"] = "application/json"
+        # A purchase (PUT) is never repeated blindly: Vast accepts duplicates. Other
+        # calls are safe to repeat after a gateway error or a dropped connection.
+        idempotent = method in ("GET", "DELETE")
         delay = 0.15
         for attempt in range(self.max_tries):
+            last = attempt + 1 == self.max_tries
             req = urllib.request.Request(url, data=data, method=method, headers=headers)
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                     return _json(resp.read())
             except urllib.error.HTTPError as e:
                 payload = _json(e.read())
-                if e.code == 429 and attempt + 1 < self.max_tries:
+                if not last and (e.code == 429 or (idempotent and e.code in RETRYABLE)):
                     time.sleep(delay)  # no Retry-After from Vast: back off like vast-cli
                     delay *= 1.5
                     continue
                 error, msg = str(payload.get("error", "")), str(payload.get("msg", payload.get("detail", "")))
-                if error == "auth_error" or e.code in (401, 403):
+                if error == "auth_error" or e.code == 401:
                     raise UserError(f"Vast rejected the API key ({error or e.code}): check VAST_API_KEY or the vastai key file") from None
+                if e.code == 429:
+                    raise UserError(f"Vast kept answering 429 (rate limited) to {method} {path}; try again in a minute") from None
                 if e.code >= 500:
                     raise Ambiguous(f"{method} {path}: HTTP {e.code}") from None
                 raise VastError(e.code, error, msg) from None
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                if idempotent and not last:
+                    time.sleep(delay)
+                    delay *= 1.5
+                    continue
                 raise Ambiguous(f"{method} {path}: {getattr(e, 'reason', e)}") from None
-        raise UserError(f"Vast kept answering 429 (rate limited) to {method} {path}; try again in a minute")
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _json(raw: bytes) -> dict:
@@ -121,6 +141,7 @@ class VastProvider:
             "order": [[c.order, "asc"]],
             "type": "bid" if c.interruptible else "on-demand",
             "limit": c.limit,
+            "allocated_storage": c.disk_gb,  # dph_total includes storage: price the disk we will rent
         }
 
     def find(self) -> list[Offer]:
@@ -149,8 +170,9 @@ class VastProvider:
         if not self.public_key:
             return
         listed = self.api.call("GET", "/ssh/")
-        keys = listed.get("keys") or listed.get("ssh_keys") or listed.get("items") or []
-        if any(self.public_key.split()[:2] == str(k.get("public_key", k.get("ssh_key", ""))).split()[:2] for k in keys if isinstance(k, dict)):
+        keys = listed.get("ssh_keys") or listed.get("items") or []  # a bare list arrives as "items"
+        mine = self.public_key.split()[:2]
+        if any(mine == str(k.get("key") or k.get("public_key") or k.get("ssh_key") or "").split()[:2] for k in keys if isinstance(k, dict)):
             return
         self.api.call("POST", "/ssh/", {"ssh_key": self.public_key})
 
@@ -173,6 +195,7 @@ class VastProvider:
         }
         if self.cfg.interruptible:
             body["price"] = self.price_for(offer)  # without it Vast silently rents on-demand
+            body["cancel_unavail"] = True  # else an outbid create sits "stopped", billing its disk
         try:
             answer = self.api.call("PUT", f"/asks/{offer.id}/", body)
         except Ambiguous as e:
@@ -180,8 +203,11 @@ class VastProvider:
             found = self.find_by_label(label)
             if found is None:
                 raise UserError(f"creating an instance on offer {offer.id} failed ({e}) and none labelled {label} exists") from None
+            found.offer_id = offer.id
             return found
         except VastError as e:
+            if e.status in (404, 410) or "no_such_ask" in f"{e.error} {e.msg}":
+                raise OfferGone(f"offer {offer.id} was taken since the search") from None
             raise UserError(f"Vast refused offer {offer.id}: {e.error or e.status} {e.msg}".strip()) from None
         if not answer.get("success", True) or "new_contract" not in answer:
             raise UserError(f"Vast refused offer {offer.id}: {answer.get('error', '')} {answer.get('msg', '')}".strip())
@@ -191,7 +217,8 @@ class VastProvider:
                 self.api.call("POST", f"/instances/{inst_id}/ssh/", {"instance_id": int(inst_id), "ssh_key": self.public_key})
             except VastError as e:
                 console.print(f"[yellow]could not attach the SSH key to instance {inst_id}: {e}[/]")
-        return Instance(id=inst_id, label=label, status="created", price_per_hour=self.price_for(offer), created_at=time.time())
+        return Instance(id=inst_id, label=label, status="created", price_per_hour=self.price_for(offer), created_at=time.time(),
+                        offer_id=offer.id)
 
     def find_by_label(self, label: str) -> Instance | None:
         return next((i for i in self.list() if i.label == label), None)
@@ -221,8 +248,8 @@ class VastProvider:
     def _timeout_text(self, timeout_s: float | None) -> str:
         return f"{timeout_s if timeout_s is not None else self.cfg.ready_timeout_s:.0f} s"
 
-    def provision(self, label: str, ledger: Ledger) -> tuple[Instance, SSHTarget]:
-        offers = self.find()
+    def provision(self, label: str, ledger: Ledger, offers: list[Offer] | None = None) -> tuple[Instance, SSHTarget]:
+        offers = self.find() if offers is None else offers
         if not offers:
             raise UserError("no Vast offer fits the config (vast.gpu_names, max_dph, min_reliability, ...): loosen it")
         self.register_key()
@@ -235,7 +262,12 @@ class VastProvider:
                 break
             machines_tried.add(offer.machine_id)
             console.print(f"renting offer {offer.id}: {offer.num_gpus}x {offer.gpu_name} at ${self.price_for(offer):.3f}/h (machine {offer.machine_id})")
-            inst = self.create(offer, label)
+            try:
+                inst = self.create(offer, label)
+            except OfferGone as e:
+                machines_tried.discard(offer.machine_id)  # nothing was rented: it does not count as a try
+                console.print(f"[yellow]{e}; trying the next offer[/]")
+                continue
             ledger.created(inst)
             try:
                 return inst, self.wait_ready(inst.id)
@@ -252,7 +284,7 @@ class VastProvider:
         try:
             raw = self.api.call("GET", f"/instances/{instance_id}/?owner=me").get("instances")
         except VastError as e:
-            if e.error == "no_such_instance" or e.status == 404:
+            if e.status == 404:
                 return None
             raise
         if isinstance(raw, list):
@@ -260,18 +292,26 @@ class VastProvider:
         return _instance(raw) if raw else None
 
     def list(self) -> list[Instance]:
-        rows = self.api.call("GET", "/instances/", api="v1").get("instances") or []
+        """Every instance we labelled; Vast's v1 list gives 25 a page, so follow `next_token`."""
+        rows, token = [], None
+        for _ in range(1000):  # 25,000 instances: bounded, and far beyond any account
+            query = {"limit": 25, "order_by": [{"col": "id", "dir": "asc"}], **({"after_token": token} if token else {})}
+            page = self.api.call("GET", "/instances/?" + urllib.parse.urlencode({k: json.dumps(v) for k, v in query.items()}), api="v1")
+            rows += page.get("instances") or []
+            token = page.get("next_token")
+            if not token:
+                break
         return [_instance(r) for r in rows if str(r.get("label") or "").startswith(self.cfg.label_prefix)]
 
     def destroy(self, instance_id: str) -> bool:
         try:
             answer = self.api.call("DELETE", f"/instances/{instance_id}/")
         except VastError as e:
-            if e.error == "no_such_instance" or e.status == 404:
+            if e.status == 404:  # {"error": "not_found"}: already gone
                 return False
             raise UserError(f"destroying Vast instance {instance_id} failed: {e}") from None
         if answer.get("success") is False:
-            if answer.get("error") == "no_such_instance":
+            if answer.get("error") == "not_found":
                 return False
             raise UserError(f"destroying Vast instance {instance_id} failed: {answer.get('msg') or answer}")
         return True
