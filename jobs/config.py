@@ -188,6 +188,9 @@ class HubConfig:
     revision: str | None = None  # None: the default branch
     include_tokenizer: bool = True  # push/pull spm.model, spm.vocab, tokenizer_meta.json too
     private: bool = True  # when push creates the repo
+    # A model repo that each checkpoint is uploaded to as training writes it (HF_TOKEN);
+    # `jobs train --resume` on a host without checkpoints fetches the latest from it.
+    checkpoint_repo: str | None = None
 
 
 @dataclass

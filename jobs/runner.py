@@ -217,23 +217,55 @@ def train(
 ) -> None:
     """Train (one process per GPU through accelerate launch), after the cost guard and the overfit check."""
     from trainer import cost
-    from trainer.train import train as train_loop
 
     cfg = load_or_exit(config, set_, smoke)
     start = str(resume_from) if resume_from else "latest" if resume else None
     if os.environ.get("WORLD_SIZE"):  # a worker started by accelerate launch: just train
-        run_job(None, lambda: train_loop(cfg, resume=start, stop_at=stop_at).state)
+        run_job(None, lambda: train_with_uploads(cfg, start, stop_at, main=os.environ.get("RANK", "0") == "0"))
         return
     n = num_processes or gpu_count()
 
     def body() -> str:
         prepare_run_dir(cfg, start, smoke)
+        if start == "latest":
+            fetch_checkpoint_if_missing(cfg)
         cost.guard(cfg, num_processes=n)
         if n == 1:
-            return train_loop(cfg, resume=start, stop_at=stop_at).state
+            return train_with_uploads(cfg, start, stop_at, main=True)
         return launch_workers(n)
 
     run_job(job_file(cfg, "train"), body)
+
+
+def train_with_uploads(cfg: JobConfig, start: str | None, stop_at: int | None, main: bool) -> str:
+    """The training loop, shipping each checkpoint to hub.checkpoint_repo when one is set."""
+    from trainer.train import train as train_loop
+
+    uploader = None
+    if cfg.hub.checkpoint_repo and main:
+        from jobs.hub_checkpoints import CheckpointUploader
+
+        uploader = CheckpointUploader(cfg.hub.checkpoint_repo, cfg.train.run_name, run_dir(cfg), cfg.hub.private)
+    try:
+        return train_loop(cfg, resume=start, stop_at=stop_at, on_checkpoint=uploader.submit if uploader else None).state
+    finally:
+        if uploader:
+            uploader.close()
+
+
+def fetch_checkpoint_if_missing(cfg: JobConfig) -> None:
+    """A new host resuming a run: take the latest checkpoint from hub.checkpoint_repo."""
+    from trainer import checkpoint
+
+    ckpts = run_dir(cfg) / "checkpoints"
+    if checkpoint.latest(ckpts) is not None or not cfg.hub.checkpoint_repo:
+        return
+    from jobs.hub_checkpoints import fetch_latest
+
+    got = fetch_latest(cfg.hub.checkpoint_repo, cfg.train.run_name, ckpts)
+    if got is None:
+        raise UserError(f"--resume: no checkpoint in {ckpts} nor in {cfg.hub.checkpoint_repo}")
+    print(f"fetched {got.name} from {cfg.hub.checkpoint_repo}")
 
 
 def prepare_run_dir(cfg: JobConfig, resume: str | None, smoke: bool) -> None:

@@ -13,6 +13,7 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -124,8 +125,16 @@ def run_dir_of(cfg: Config) -> Path:
     return Path(cfg.train.runs_dir) / cfg.train.run_name
 
 
-def train(cfg: Config, resume: str | None = None, stop_at: int | None = None) -> TrainResult:
-    """Train until `max_steps` (or `stop_at`, or a signal); `resume` is "latest" or a checkpoint folder."""
+def train(
+    cfg: Config,
+    resume: str | None = None,
+    stop_at: int | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
+) -> TrainResult:
+    """Train until `max_steps` (or `stop_at`, or a signal); `resume` is "latest" or a checkpoint folder.
+
+    `on_checkpoint` gets each checkpoint folder the main process writes (to ship it off the host).
+    """
     t, T = cfg.train, cfg.model.seq_len
     run_dir = run_dir_of(cfg)
     ckpt_dir = run_dir / "checkpoints"
@@ -188,6 +197,8 @@ def train(cfg: Config, resume: str | None = None, stop_at: int | None = None) ->
             }
             checkpoint.save(ckpt_dir / name, raw, optimizer, scheduler, state)
             checkpoint.prune(ckpt_dir, t.keep_last)
+            if on_checkpoint:
+                on_checkpoint(ckpt_dir / name)
         accelerator.wait_for_everyone()
 
     def evaluate_now() -> float:
