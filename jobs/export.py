@@ -6,6 +6,7 @@ and gate/up matrices are split back into Llama's separate projections.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -81,10 +82,8 @@ def to_hf(model: Llama):
 
 def export(checkpoint_dir: Path, out: Path, model_cfg: ModelConfig, tokenizer: Path | None, card: str = "") -> Path:
     """Write config.json + model.safetensors (and the tokenizer and README.md) that `from_pretrained` loads."""
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        raise UserError("export needs transformers: pip install transformers") from None
+    if importlib.util.find_spec("transformers") is None:
+        raise UserError("export needs transformers: pip install 'llm-forge[export]'")
     model = Llama(model_cfg)
     checkpoint.load_weights(checkpoint_dir, model)
     tmp = out.with_name(f".{out.name}.tmp")

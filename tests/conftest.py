@@ -72,3 +72,24 @@ def tiny_config(*extra: str) -> JobConfig:
             "train.overfit_check.steps=20", "train.warmup_steps=2"]
     sets += list(extra)
     return load_config(JobConfig, REPO / "configs" / "smoke.yaml", sets)
+
+
+@pytest.fixture
+def vast(tmp_path, monkeypatch):
+    """The Vast API stand-in, with the client pointed at it."""
+    from vast_server import VastStandIn
+
+    stand_in = VastStandIn(authorized_keys=tmp_path / "authorized_keys", ssh_port=2222)
+    monkeypatch.setenv("VAST_URL", stand_in.url)
+    monkeypatch.setenv("VAST_API_KEY", stand_in.api_key)
+    yield stand_in
+    stand_in.close()
+
+
+def vast_provider(**cfg):
+    """A VastProvider with fast polling, for the stand-in."""
+    from launcher.config import VastConfig
+    from launcher.providers.vast import VastProvider
+
+    cfg = {"poll_interval_s": 0.01, "ready_timeout_s": 5.0, **cfg}
+    return VastProvider(VastConfig(**cfg), public_key="ssh-ed25519 AAAAtest k", key_file="/k")

@@ -12,27 +12,17 @@ import pytest
 import yaml
 
 from launcher.cli import latest_local_checkpoint, main, plan_job
-from launcher.config import LauncherConfig, VastConfig, load_launcher_config
+from launcher.config import LauncherConfig, load_launcher_config
 from launcher.providers.base import Instance
-from launcher.providers.vast import VastProvider, api_key, ssh_endpoint
+from launcher.providers.vast import api_key, ssh_endpoint
 from launcher.state import Estimate, JobInfo, Record, SSHTarget, State
 from trainer.config import ConfigError
 from trainer.errors import UserError
-from vast_server import VastStandIn, offer
+from conftest import vast_provider
+from vast_server import offer
 
 
-@pytest.fixture
-def vast(tmp_path, monkeypatch):
-    stand_in = VastStandIn(authorized_keys=tmp_path / "authorized_keys", ssh_port=2222)
-    monkeypatch.setenv("VAST_URL", stand_in.url)
-    monkeypatch.setenv("VAST_API_KEY", stand_in.api_key)
-    yield stand_in
-    stand_in.close()
-
-
-def provider(**cfg) -> VastProvider:
-    cfg = {"poll_interval_s": 0.01, "ready_timeout_s": 5.0, **cfg}
-    return VastProvider(VastConfig(**cfg), public_key="ssh-ed25519 AAAAtest k", key_file="/k")
+provider = vast_provider
 
 
 class Ledger:

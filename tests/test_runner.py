@@ -116,7 +116,7 @@ def test_sigterm_stops_with_a_checkpoint_then_resume_continues(workdir):
 
     args[args.index("train.max_steps=400")] = f"train.max_steps={stopped_at + 5}"
     p = jobs(*args, "--resume", cwd=workdir, check=0)
-    assert f"resumed from" in p.stdout and job_json(workdir)["state"] == "succeeded"
+    assert "resumed from" in p.stdout and job_json(workdir)["state"] == "succeeded"
     assert max(losses(workdir, "smoke")) == stopped_at + 5
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -11,7 +10,6 @@ import sys
 import threading
 
 import pytest
-import torch
 
 from conftest import VOCAB, tiny_config
 from trainer import checkpoint

@@ -6,24 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.config import VastConfig
 from launcher.providers.base import Instance
-from launcher.providers.vast import Ambiguous, VastProvider, api_key
-from vast_server import VastStandIn, offer
+from conftest import vast_provider
+from launcher.providers.vast import Ambiguous, api_key
+from vast_server import offer
 
 
-@pytest.fixture
-def vast(tmp_path, monkeypatch):
-    stand_in = VastStandIn(authorized_keys=tmp_path / "authorized_keys", ssh_port=2222)
-    monkeypatch.setenv("VAST_URL", stand_in.url)
-    monkeypatch.setenv("VAST_API_KEY", stand_in.api_key)
-    yield stand_in
-    stand_in.close()
-
-
-def provider(**cfg) -> VastProvider:
-    return VastProvider(VastConfig(**{"poll_interval_s": 0.01, "ready_timeout_s": 5.0, **cfg}),
-                        public_key="ssh-ed25519 AAAAtest k", key_file="/k")
+provider = vast_provider
 
 
 class Ledger:

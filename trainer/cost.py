@@ -61,7 +61,7 @@ def benchmark(cfg: Config, out: Path | None = None, num_processes: int = 1) -> d
     """Time optimizer steps of the training configuration on random tokens."""
     from trainer.train import build_training  # the same builders the loop uses
 
-    accelerator, model, optimizer = build_training(cfg, single_process=True)
+    accelerator, model, optimizer = build_training(cfg)
     mb, T, accum = cfg.train.micro_batch_size, cfg.model.seq_len, cfg.train.grad_accum_steps
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, cfg.model.vocab_size, (mb, T + 1), generator=gen).to(accelerator.device)
@@ -108,7 +108,6 @@ def benchmark(cfg: Config, out: Path | None = None, num_processes: int = 1) -> d
         "projected_cost": proj.cost,
         "measured_at": time.time(),
     }
-    del model, optimizer
     if out is not None:
         atomic_write_json(out, result)
     return result

@@ -59,7 +59,7 @@ def make_optimizer(model: Llama, t: TrainConfig, fused: bool) -> torch.optim.Ada
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused)
 
 
-def build_training(cfg: Config, single_process: bool = False) -> tuple[Accelerator, torch.nn.Module, torch.optim.Optimizer]:
+def build_training(cfg: Config) -> tuple[Accelerator, torch.nn.Module, torch.optim.Optimizer]:
     """The accelerator, the prepared (and maybe compiled) model and its optimizer."""
     # cpu=True is what makes accelerate pick gloo for several CPU processes.
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg), cpu=not torch.cuda.is_available())
