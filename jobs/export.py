@@ -124,7 +124,9 @@ TOKENIZER_CONFIG = {
     "tokenizer_class": "TokenizersBackend",  # built from the proto, so our normalizer settings carry over
     "add_bos_token": False,  # documents were tokenized as pieces + EOS, with no BOS
     "add_eos_token": False,
-    "legacy": False,
+    # "legacy" builds the normalizer as Prepend("▁") + Replace(" ", "▁"): exactly spm's dummy
+    # prefix with whitespace kept, so " x" and "x" encode as our tokenizer does.
+    "legacy": True,
     "unk_token": "<unk>",
     "bos_token": "<s>",
     "eos_token": "</s>",

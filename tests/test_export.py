@@ -40,7 +40,8 @@ def test_export_loads_in_transformers_with_same_logits_generation_and_ids(workdi
 
     sp = spm.SentencePieceProcessor(model_file=str(workdir / "tokenizer" / "spm.model"))
     tok = AutoTokenizer.from_pretrained(out)
-    texts = stdlib_text()[:40] + ["Hello world, 12345 tabs\tand  two spaces\nnew line", "ünïcödé 日本 🙂"]
+    texts = stdlib_text()[:40] + ["Hello world, 12345 tabs\tand  two spaces\nnew line", "ünïcödé 日本 🙂",
+                                  " leading space", "  two leading\n", "\n\nnewlines first", "trailing  "]
     for text in texts:
         assert tok.encode(text, add_special_tokens=False) == sp.encode(text), text[:40]
     assert tok.eos_token_id == 2 and tok.pad_token_id == 3
