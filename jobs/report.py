@@ -19,7 +19,9 @@ def train_hours(run_dir: Path) -> float:
     return sum(((r["ended_at"] or time.time()) - r["started_at"]) for r in records) / 3600
 
 
-def write_report(run_dir: Path, hourly_rate: float, model_params: int | None = None) -> Path:
+def write_report(run_dir: Path, hourly_rate: float, model_params: int | None = None,
+                 billed: float | None = None) -> Path:
+    """`billed`: what the instances cost in all (the launcher knows; idle and setup time included)."""
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
     train = [r for r in rows if r.get("kind") == "train"]
@@ -41,6 +43,8 @@ def write_report(run_dir: Path, hourly_rate: float, model_params: int | None = N
         ("training wall time", f"{hours:.2f} h"),
         ("training cost", f"${hours * hourly_rate:.2f} at ${hourly_rate:.2f}/h"),
     ]
+    if billed is not None:
+        facts.append(("billed for the instances", f"${billed:.2f}"))
     lines = [f"# {run_dir.name}", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in facts]
     if plot:

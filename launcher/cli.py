@@ -691,7 +691,7 @@ def do_pull(ctx: Ctx, rec: Record, dest: Path | None, report: bool = True) -> Pa
     if report and (local / "metrics.jsonl").is_file():
         from jobs.report import write_report
 
-        path = write_report(local, rec.price_per_hour, rec.job.model_params)
+        path = write_report(local, rec.price_per_hour, rec.job.model_params, billed=rec.spent())
         console.print(f"report: {path}")
     return local
 

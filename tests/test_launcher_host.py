@@ -264,7 +264,7 @@ def test_vast_up_status_logs_pull_down(world, capfd):
     assert (local / "metrics.jsonl").read_text() == (world.workdir / "runs" / "smoke" / "metrics.jsonl").read_text()
     report = (local / "report.md").read_text()  # issue 6: the pull leaves a report
     for fact in ("| steps | 12 |", "| tokens | 12,288 |", "tokens/s (mean) | 5,000", "MFU", "training wall time",
-                 "training cost | $", "/h", "![loss and throughput](loss.png)"):
+                 "training cost | $", "/h", "billed for the instances | $", "![loss and throughput](loss.png)"):
         assert fact in report, fact
     assert (local / "loss.png").read_bytes()[:4] == b"\x89PNG"
     # again: only new bytes move
