@@ -57,8 +57,8 @@ def project(cfg: Config, tokens_per_s_per_process: float, num_processes: int) ->
     return Projection(tokens, tps, hours, hours * cfg.cost.hourly_rate)
 
 
-def benchmark(cfg: Config, out: Path | None = None, num_processes: int = 1) -> dict:
-    """Time optimizer steps of the training configuration on random tokens."""
+def time_training_steps(cfg: Config) -> float:
+    """Tokens/s of optimizer steps of the training configuration, on random tokens."""
     from trainer.train import build_training  # the same builders the loop uses
 
     accelerator, model, optimizer = build_training(cfg)
@@ -82,12 +82,18 @@ def benchmark(cfg: Config, out: Path | None = None, num_processes: int = 1) -> d
     for _ in range(cfg.cost.benchmark_steps):
         step()
     sync()
-    elapsed = time.perf_counter() - t0
-    tokens_per_s = cfg.cost.benchmark_steps * accum * mb * T / elapsed
+    return cfg.cost.benchmark_steps * accum * mb * T / (time.perf_counter() - t0)
 
+
+def benchmark(cfg: Config, out: Path | None = None, num_processes: int = 1) -> dict:
+    """Measure the training step and write what it means for the run's time and money to `out`."""
+    tokens_per_s = time_training_steps(cfg)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the training processes started next need this GPU's memory back
+    mb, T = cfg.train.micro_batch_size, cfg.model.seq_len
     name = device_name()
     peak = peak_flops(name, cfg.cost.peak_tflops)
-    flops = accelerator.unwrap_model(model).flops_per_token(T)
+    flops = cfg.model.flops_per_token(T)
     proj = project(cfg, tokens_per_s, num_processes)
     result = {
         "device": name,
@@ -96,7 +102,7 @@ def benchmark(cfg: Config, out: Path | None = None, num_processes: int = 1) -> d
         "compile": cfg.train.compile,
         "micro_batch_size": mb,
         "seq_len": T,
-        "num_params": accelerator.unwrap_model(model).num_params(),
+        "num_params": cfg.model.param_count(),
         "flops_per_token": flops,
         "tokens_per_s": tokens_per_s,
         "mfu": tokens_per_s * flops / peak if peak else None,
