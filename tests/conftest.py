@@ -93,3 +93,20 @@ def vast_provider(**cfg):
 
     cfg = {"poll_interval_s": 0.01, "ready_timeout_s": 5.0, **cfg}
     return VastProvider(VastConfig(**cfg), public_key="ssh-ed25519 AAAAtest k", key_file="/k")
+
+
+def run_launcher(capfd, *args) -> tuple[int, str, str]:
+    """`launcher ARGS` in this process: its exit code, stdout and stderr."""
+    import sys
+
+    from launcher.cli import main
+
+    capfd.readouterr()
+    argv, sys.argv = sys.argv, ["launcher", *args]
+    try:
+        with pytest.raises(SystemExit) as e:
+            main()
+    finally:
+        sys.argv = argv
+    out, err = capfd.readouterr()
+    return e.value.code, out, err

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.cli import main
+from conftest import run_launcher
 from launcher.config import VastConfig
 from launcher.providers.vast import VastProvider
 from launcher.remote import HostKeyChanged, Remote
@@ -150,15 +150,8 @@ class World:
         self.mp.setenv("LAUNCHER_CONFIG", str(self.config))
 
     def cli(self, capfd, *args, code: int = 0) -> tuple[str, str]:
-        capfd.readouterr()
-        argv, sys.argv = sys.argv, ["launcher", *args]
-        try:
-            with pytest.raises(SystemExit) as e:
-                main()
-        finally:
-            sys.argv = argv
-        out, err = capfd.readouterr()
-        assert e.value.code == code, f"exit {e.value.code}, wanted {code}\n--- stdout\n{out}\n--- stderr\n{err}"
+        got, out, err = run_launcher(capfd, *args)
+        assert got == code, f"exit {got}, wanted {code}\n--- stdout\n{out}\n--- stderr\n{err}"
         return out, err
 
     def wait_job_state(self, run: str, states: tuple[str, ...], timeout_s: float = 20) -> dict:

@@ -5,20 +5,19 @@ from __future__ import annotations
 import json
 import os
 import stat
-import sys
 import time
 
 import pytest
 import yaml
 
-from launcher.cli import latest_local_checkpoint, main, plan_job
+from launcher.cli import latest_local_checkpoint, plan_job
 from launcher.config import LauncherConfig, load_launcher_config
 from launcher.providers.base import Instance
 from launcher.providers.vast import api_key, ssh_endpoint
 from launcher.state import Estimate, JobInfo, Record, SSHTarget, State
 from trainer.config import ConfigError
 from trainer.errors import UserError
-from conftest import vast_provider
+from conftest import run_launcher, vast_provider
 from vast_server import offer
 
 
@@ -31,16 +30,7 @@ class Ledger:
         self.destroyed: list[Instance] = []
 
 
-def run_cli(capfd, *args) -> tuple[int, str, str]:
-    capfd.readouterr()
-    argv, sys.argv = sys.argv, ["launcher", *args]
-    try:
-        with pytest.raises(SystemExit) as e:
-            main()
-    finally:
-        sys.argv = argv
-    out, err = capfd.readouterr()
-    return e.value.code, out, err
+run_cli = run_launcher
 
 
 # --- config --------------------------------------------------------------------------

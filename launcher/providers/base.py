@@ -58,6 +58,27 @@ class ProvisionError(Exception):
     """The instance never became reachable (it has been destroyed)."""
 
 
+class ExistingHost:
+    """A host the user already has (Colab, plain SSH): nothing to find, list or destroy.
+
+    `down` on such a host stops the job and leaves the machine alone.
+    """
+
+    rents = False
+
+    def find(self) -> list[Offer]:
+        return []
+
+    def get(self, instance_id: str) -> Instance | None:
+        return None
+
+    def list(self) -> list[Instance]:
+        return []
+
+    def destroy(self, instance_id: str) -> bool:
+        return False
+
+
 class Provider(Protocol):
     name: str
     rents: bool  # True: it costs money and must be destroyed; False: a host we only reach

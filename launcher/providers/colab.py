@@ -10,20 +10,16 @@ Nothing to destroy: `down` stops the job.
 from __future__ import annotations
 
 from launcher.config import ColabConfig
-from launcher.providers.base import Instance, Ledger, Offer
+from launcher.providers.base import ExistingHost, Instance, Ledger, Offer
 from launcher.state import SSHTarget
 from trainer.errors import UserError
 
 
-class ColabProvider:
+class ColabProvider(ExistingHost):
     name = "colab"
-    rents = False
 
     def __init__(self, cfg: ColabConfig, key_file: str | None = None):
         self.cfg, self.key_file = cfg, key_file
-
-    def find(self) -> list[Offer]:
-        return []
 
     def provision(self, label: str, ledger: Ledger, offers: list[Offer] | None = None) -> tuple[Instance, SSHTarget]:
         if not self.cfg.host:
@@ -36,12 +32,3 @@ class ColabProvider:
             proxy_command=self.cfg.proxy_command,
         )
         return Instance(id=None, label=label, status="reachable"), target
-
-    def get(self, instance_id: str) -> Instance | None:
-        return None
-
-    def list(self) -> list[Instance]:
-        return []
-
-    def destroy(self, instance_id: str) -> bool:
-        return False

@@ -12,7 +12,7 @@ from pathlib import Path
 import paramiko
 
 from launcher.config import SshHostConfig
-from launcher.providers.base import Instance, Ledger, Offer
+from launcher.providers.base import ExistingHost, Instance, Ledger, Offer
 from launcher.state import SSHTarget
 from trainer.errors import UserError
 
@@ -24,9 +24,8 @@ def ssh_config_lookup(host: str) -> dict:
     return paramiko.SSHConfig.from_path(str(path)).lookup(host)
 
 
-class SshProvider:
+class SshProvider(ExistingHost):
     name = "ssh"
-    rents = False
 
     def __init__(self, cfg: SshHostConfig, default_key: str | None = None):
         self.cfg, self.default_key = cfg, default_key
@@ -46,17 +45,5 @@ class SshProvider:
             proxy_command=c.proxy_command or found.get("proxycommand"),
         )
 
-    def find(self) -> list[Offer]:
-        return []
-
     def provision(self, label: str, ledger: Ledger, offers: list[Offer] | None = None) -> tuple[Instance, SSHTarget]:
         return Instance(id=None, label=label, status="reachable"), self.target()
-
-    def get(self, instance_id: str) -> Instance | None:
-        return None
-
-    def list(self) -> list[Instance]:
-        return []
-
-    def destroy(self, instance_id: str) -> bool:
-        return False
