@@ -444,18 +444,21 @@ def jobs_cli(*args: str, cwd: Path, env: dict) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def push_smoke_data(laptop: Path, env: dict) -> None:
+    """Make the smoke data on the "laptop" and push it to the Hub, as a user would before renting."""
+    laptop.mkdir()
+    for step in (["demo-corpus"], ["tokenizer", "--smoke"], ["prepare", "--smoke"], ["sync-data", "push", "--smoke"]):
+        jobs_cli(*step, cwd=laptop, env=env)
+
+
 @pytest.mark.slow
 def test_end_to_end_vast_smoke_training_from_hub_data(world, capfd, tmp_path):
     from hub_server import StandInHub
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HOME": str(tmp_path / "hf-laptop")}
     with StandInHub(token=TOKEN) as hub:
-        # The data is made once and pushed to the Hub, as a user would before renting.
         env["HF_ENDPOINT"] = hub.url
-        laptop = tmp_path / "laptop"
-        laptop.mkdir()
-        for step in (["demo-corpus"], ["tokenizer", "--smoke"], ["prepare", "--smoke"], ["sync-data", "push", "--smoke"]):
-            jobs_cli(*step, cwd=laptop, env=env)
+        push_smoke_data(tmp_path / "laptop", env)
 
         # The "instance" runs the real jobs CLI; HF_ENDPOINT/HF_HOME travel in the env file like HF_TOKEN.
         world.mp.setenv("HF_ENDPOINT", hub.url)

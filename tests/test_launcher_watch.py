@@ -26,7 +26,7 @@ import pytest
 
 from launcher import cli
 from launcher.pricing import ThroughputHistory
-from test_launcher_host import REPO, TOKEN, World, jobs_cli
+from test_launcher_host import REPO, TOKEN, World, push_smoke_data
 from vast_server import offer
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists(),
@@ -223,9 +223,7 @@ def test_real_training_preempted_and_auto_resumed_matches_an_uninterrupted_run(w
     with StandInHub(token=TOKEN) as hub:
         env["HF_ENDPOINT"] = hub.url
         laptop = tmp_path / "laptop"
-        laptop.mkdir()
-        for step in (["demo-corpus"], ["tokenizer", "--smoke"], ["prepare", "--smoke"], ["sync-data", "push", "--smoke"]):
-            jobs_cli(*step, cwd=laptop, env=env)
+        push_smoke_data(laptop, env)
         # The uninterrupted reference, on the laptop, while the launcher works.
         reference = subprocess.Popen([sys.executable, "-m", "jobs.runner", "train", "--smoke", *(a for s in sets for a in ("--set", s))],
                                      cwd=laptop, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
