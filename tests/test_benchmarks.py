@@ -1,0 +1,41 @@
+"""`make bench` keeps working: each script runs at its smallest and prints the measurements it promises.
+
+Speed itself is never asserted here (see the README); only that the numbers are there and agree.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def bench(script: str, *args: str) -> str:
+    out = subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def number(text: str) -> float:
+    return float(text.replace(",", "").rstrip("x"))
+
+
+def test_bench_model_prints_the_ratio_and_its_ceiling():
+    out = bench("bench_model.py", "--config", "configs/smoke.yaml", "--no-compile", "--seconds", "0.3")
+    row = next(line.split() for line in out.splitlines() if line.startswith("smoke"))
+    # config, params, batch, transformers tok/s, ours tok/s, ratio, ceiling
+    assert row[2] == "8x64"  # the smoke config's own micro-batch and window
+    theirs, ours, ratio, ceiling = (number(v) for v in row[3:7])
+    assert theirs > 0 and ours > 0
+    assert abs(ratio - ours / theirs) <= 0.006
+    assert ceiling > 1.0  # some of transformers' step is outside the shared GEMM and attention kernels
+
+
+def test_bench_prepare_prints_each_stage():
+    out = bench("bench_prepare.py", "--docs", "20")
+    assert re.search(r"^filters\s+[\d,]+ docs/s", out, re.M)
+    assert re.search(r"^minhash\s+[\d,]+ sigs/s batched\s+[\d,.]+ sigs/s update loop\s+ratio\s+[\d.]+x", out, re.M)
+    assert re.search(r"^tokenize\s+[\d,]+ tok/s one core", out, re.M)
