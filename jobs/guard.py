@@ -1,10 +1,12 @@
-"""The budget guard that runs on the GPU host beside the job.
+"""The watchers that run on the GPU host beside the job, with no laptop needed.
 
-It needs no laptop and no API key: it knows when the instance started and
-what it costs an hour, and when the money spent reaches the budget it sends
-the job SIGTERM, which makes training save a checkpoint and stop. It ends
-by itself when the job ends. The launcher's watcher is what then destroys
-the instance; this guard only makes sure no more compute is burnt.
+The budget guard knows when the instance started and what it costs an hour;
+when the money spent reaches the budget it sends the job SIGTERM, which
+makes training save a checkpoint and stop. The idle stop waits for the job
+to end, gives the launcher's watcher a grace period to pull the results and
+destroy the instance, and if nobody came, stops the instance itself: a job
+that ends at 3 a.m. with the laptop closed does not bill a GPU until
+morning. Stopping (not destroying) keeps the disk, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from jobs.jobfile import read_job
@@ -66,3 +69,13 @@ def guard(run_dir: Path, hourly_rate: float, max_cost: float, since: float | Non
                 pass
             return "stopped"
         time.sleep(poll_s)
+
+
+def idle_stop(exit_file: Path, after_s: float, stop: Callable[[], str], poll_s: float = 10.0, log=print) -> str:
+    """Once the job's exit file appears, wait `after_s`, then `stop()` this instance; returns what stop said."""
+    while not exit_file.exists():  # lives as long as the job does; `launcher down` ends both
+        time.sleep(poll_s)
+    log(f"idle stop: the job ended (exit code {exit_file.read_text().strip()}); this instance stops itself in "
+        f"{after_s / 60:.1f} min unless the launcher destroys it first")
+    time.sleep(after_s)
+    return stop()

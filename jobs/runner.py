@@ -530,6 +530,25 @@ def budget_guard(
           start_timeout_s=start_timeout)
 
 
+@app.command("idle-stop")
+def idle_stop_command(
+    exit_file: Annotated[Path, typer.Option(help="The job's exit file: it appears when the job has ended.")],
+    after: Annotated[float, typer.Option(help="Seconds to leave the launcher, after the job ends, before stopping.")] = 1800.0,
+    vast_url: Annotated[str, typer.Option(help="Vast's API, reached with this instance's own scoped key.")] = "",
+    poll: Annotated[float, typer.Option(help="Seconds between looks at the exit file.")] = 10.0,
+) -> None:
+    """On a Vast instance: once the job has ended and nobody came for `--after` seconds, stop this instance."""
+    from jobs.guard import idle_stop
+    from launcher.providers.vast import self_stopper
+
+    try:
+        instance = idle_stop(exit_file, after, self_stopper(vast_url), poll_s=poll)
+    except UserError as e:
+        fail(str(e))
+        raise typer.Exit(2) from None
+    print(f"idle stop: stopped instance {instance}; its disk is kept until `launcher down` destroys it", flush=True)
+
+
 # --- status ------------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ from launcher.image import image_app
 from launcher.pricing import RankedOffer, ThroughputHistory, rank, within_budget
 from launcher.providers import Instance, Provider, get_provider
 from launcher.providers.base import Offer
-from launcher.providers.vast import LOST
+from launcher.providers.vast import LOST, SELF_STOPPED
 from launcher.remote import CONNECTION_ERRORS, Remote, interactive_ssh, local_rsync, rsync_pull, sftp_pull
 from launcher.state import Estimate, JobInfo, Record, State
 from trainer.errors import UserError
@@ -213,6 +213,7 @@ class JobPlan:
 
 
 GUARD_SESSION = "budget-guard"
+IDLE_SESSION = "idle-stop"  # stops a rented instance left alone after its job ended (remote.idle_stop_after_s)
 
 
 def plan_job(cfg: LauncherConfig, job: str, hourly_rate: float | None = None, since: float | None = None,
@@ -328,6 +329,8 @@ def up(
     job = job or cfg.job.job
     if existing := ctx.state.get(ctx.name):
         lost = instance_lost(ctx, existing) if resume else None
+        if lost == SELF_STOPPED:
+            raise UserError(self_stopped_text(existing))
         if lost is None:
             where = existing.instance_id or (existing.ssh.host if existing.ssh else existing.label)
             raise UserError(f"deployment {ctx.name!r} is already up ({existing.provider} {where}): `launcher down -n {ctx.name}` first, or --name another")
@@ -378,7 +381,7 @@ def deploy(ctx: Ctx, job: str, resume: bool = False) -> Record:
         ctx.state.put(rec)  # now with the pinned host key
         ctx.state.write_ssh_files(rec)
         console.print(f"connected to {target.user}@{target.host}:{target.port} (host key pinned)")
-        remote.prepare(env)
+        remote.prepare({**env, "CONTAINER_ID": instance.id} if prov.rents and instance.id else env)
         if prov.name == "colab" and cfg.colab.install:
             remote.install_wheel(Path(cfg.colab.wheel).expanduser() if cfg.colab.wheel else build_wheel(), cfg.colab.install_command)
         # Billing began at the create; on a resumed run the guard counts what earlier instances cost too.
@@ -393,6 +396,9 @@ def deploy(ctx: Ctx, job: str, resume: bool = False) -> Record:
         remote.start_job(plan.job, plan.steps)
         if plan.guard_steps:
             remote.start_job(GUARD_SESSION, plan.guard_steps)
+        if (flags := prov.self_stop_flags()) and cfg.remote.idle_stop_after_s > 0:
+            remote.start_job(IDLE_SESSION, [f"{cfg.remote.jobs_command} idle-stop --exit-file {shlex.quote(remote.exit_path(plan.job))} "
+                                            f"--after {cfg.remote.idle_stop_after_s:g} {flags}"])
         rec.job = JobInfo(job=plan.job, run=plan.run, session=plan.job, config=cfg.job.config, sets=list(cfg.job.set),
                           smoke=cfg.job.smoke, guard_session=GUARD_SESSION if plan.guard_steps else None,
                           model_params=plan.train_cfg.model.param_count())
@@ -471,9 +477,22 @@ def instance_lost(ctx: Ctx, rec: Record) -> str | None:
     inst = provider_for(ctx, rec).get(rec.instance_id)
     if inst is None:
         return "gone"
+    if inst.status == SELF_STOPPED:
+        return SELF_STOPPED
     if inst.status in LOST:
         return inst.status + (f": {inst.message}" if inst.message else "")
     return None
+
+
+def is_running(rec: Record, inst: Instance | None) -> bool:
+    """Whether SSH can answer: a host we only reach, or a rented instance neither gone nor stopped."""
+    return rec.instance_id is None or (inst is not None and inst.status not in (*LOST, SELF_STOPPED))
+
+
+def self_stopped_text(rec: Record) -> str:
+    return (f"instance {rec.instance_id} stopped itself after its job ended, keeping its disk: "
+            f"start it (Vast's console, or `vastai start instance {rec.instance_id}`) and `launcher pull`, "
+            f"or `launcher down` to destroy it with its disk")
 
 
 def abandon(ctx: Ctx, prov: Provider, rec: Record, error: BaseException) -> None:
@@ -509,15 +528,17 @@ def status(name: NameOpt = None, launcher_config: LauncherConfigOpt = None, opt:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("provider", rec.provider + (f"  instance {rec.instance_id}" if rec.instance_id else ""))
+    inst = provider_for(ctx, rec).get(rec.instance_id) if rec.instance_id else None
     if rec.instance_id:
-        inst = provider_for(ctx, rec).get(rec.instance_id)
         table.add_row("instance", "gone" if inst is None else (inst.status + (f" ({inst.message})" if inst.message else "")))
+        if inst is not None and inst.status == SELF_STOPPED:
+            table.add_row("next", self_stopped_text(rec))
     if rec.ssh:
         table.add_row("ssh", f"{rec.ssh.user}@{rec.ssh.host}:{rec.ssh.port}")
     eta_s = None
     if rec.estimate:
         table.add_row("expected at rent", fmt_estimate(rec.estimate))
-    if rec.job and rec.ssh:
+    if rec.job and rec.ssh and is_running(rec, inst):
         remote = connect(ctx, rec, timeout_s=30)
         try:
             record = remote.job_record(rec.job.run)
@@ -727,7 +748,10 @@ def teardown(ctx: Ctx, rec: Record, pull_first: bool = False, stop_job: bool = T
     (a stopped Vast instance still bills for its disk).
     """
     prov = provider_for(ctx, rec)
-    reachable = stop_job and rec.ssh is not None and (rec.instance_id is None or prov.get(rec.instance_id) is not None)
+    inst = prov.get(rec.instance_id) if rec.instance_id else None
+    if pull_first and inst is not None and inst.status == SELF_STOPPED:
+        raise UserError(self_stopped_text(rec))  # destroying it now would lose what was not pulled
+    reachable = stop_job and rec.ssh is not None and is_running(rec, inst)
     if reachable and rec.job:
         try:
             if pull_first:

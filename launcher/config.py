@@ -66,6 +66,9 @@ class RemoteConfig:
     # file on the host (never argv). The Vast key stays home unless listed here.
     forward_env: list[str] = field(default_factory=lambda: ["HF_TOKEN"])
     guard_poll_s: float = 30.0  # how often the budget guard beside the job looks at the clock
+    # A rented instance stops itself this long after its job ended unless the launcher destroyed
+    # it first (`watch` does at once): a closed laptop does not leave a GPU billing. 0: never.
+    idle_stop_after_s: float = 1800.0
 
 
 @dataclass

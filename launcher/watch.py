@@ -27,8 +27,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from launcher.cli import Ctx, connect, deploy, do_pull, instance_lost, teardown
-from launcher.providers.vast import Ambiguous
+from launcher.cli import Ctx, connect, deploy, do_pull, instance_lost, self_stopped_text, teardown
+from launcher.providers.vast import SELF_STOPPED, Ambiguous
 from launcher.remote import CONNECTION_ERRORS
 from launcher.state import Record
 from trainer.errors import UserError
@@ -84,6 +84,9 @@ def _follow(ctx: Ctx, auto_resume: bool) -> int:
         assert rec.job is not None, "watch needs a started job"
         try:
             lost = instance_lost(ctx, rec)
+            if lost == SELF_STOPPED:  # the job ended while nobody watched; its disk holds what was not pulled
+                console.print(f"[yellow]{self_stopped_text(rec)}[/]")
+                return 1
             state = None if lost else look(ctx, rec)
             if not lost:
                 do_pull(ctx, rec, None, report=state is not None)

@@ -46,8 +46,9 @@ def keygen(path: Path, comment: str = "test") -> str:
 
 
 class Sshd:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, set_env: dict[str, str] | None = None):
         self.root = root
+        self.set_env = set_env or {}  # what every session's environment gets (as a container's would)
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.host_key = root / "ssh_host_ed25519_key"
@@ -76,6 +77,7 @@ class Sshd:
                     "Subsystem sftp internal-sftp",
                     "MaxStartups 100",
                     "LogLevel ERROR",
+                    *(f"SetEnv {k}={v}" for k, v in self.set_env.items()),
                 ]
             )
             + "\n"

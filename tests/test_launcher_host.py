@@ -34,6 +34,7 @@ from vast_server import VastStandIn
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "hf_SECRETtoken1234567890abcdef"
 VAST_KEY = "vast-SECRET-key-0987654321"
+CONTAINER_KEY = "vast-container-key-for-one-instance"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists(),
                                 reason="needs root (the stand-in's instances log in as root) and openssh-server")
@@ -49,7 +50,7 @@ def write_json(path, obj):
 args = sys.argv[1:]
 if args[0] == "sync-data":
     print(f"sync-data {' '.join(args[1:])}: data verified", flush=True); sys.exit(0)
-if args[0] == "budget-guard":  # the real guard: it only needs job.json and a pid to SIGTERM
+if args[0] in ("budget-guard", "idle-stop"):  # the real host watchers: they need only job.json, pids, exit files
     os.execv(sys.executable, [sys.executable, "-m", "jobs.runner", *args])
 assert args[0] == "train", args
 run = "smoke" if "--smoke" in args else re.search(r"run_name: (\S+)", Path(args[args.index("--config") + 1]).read_text()).group(1)
@@ -113,10 +114,11 @@ class World:
         monkeypatch.setenv("HOME", str(self.home))
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp / "cache"))
         monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
-        self.sshd = Sshd(tmp / "sshd").start()
+        # Vast gives each container a key of its own, good for that instance only.
+        self.sshd = Sshd(tmp / "sshd", set_env={"CONTAINER_API_KEY": CONTAINER_KEY}).start()
         self.relay = TcpRelay(self.sshd.port)
         self.vast = VastStandIn(self.sshd.authorized_keys, self.relay.port)
-        self.vast.api_key = VAST_KEY
+        self.vast.api_key, self.vast.container_key = VAST_KEY, CONTAINER_KEY
         monkeypatch.setenv("VAST_URL", self.vast.url)
         monkeypatch.setenv("VAST_API_KEY", VAST_KEY)
         monkeypatch.setenv("HF_TOKEN", TOKEN)
@@ -280,6 +282,44 @@ def test_vast_up_status_logs_pull_down(world, capfd):
     assert world.vast.instances == {} and world.state.load() == {}
     _, err = world.cli(capfd, "down")  # idempotent
     assert "nothing to tear down" in err
+
+
+def test_an_instance_left_alone_after_its_job_stops_itself_and_keeps_its_disk(world, capfd):
+    world.write_config(remote={"idle_stop_after_s": 1})
+    world.cli(capfd, "up")  # and no watcher: the laptop was closed
+    iid = int(world.state.get("default").instance_id)
+    deadline = time.monotonic() + 30
+    while iid not in world.vast.stopped and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # It stopped itself after the job ended, with its own key: the only calls that key made.
+    assert world.vast.container_requests == [("PUT", f"/api/v0/instances/{iid}/", {"state": "stopped"})]
+    log = (world.workdir / ".launcher" / "idle-stop.log").read_text()
+    assert "the job ended (exit code 0)" in log and f"stopped instance {iid}" in log
+    assert json.loads((world.workdir / "runs" / "smoke" / "job.json").read_text())["state"] == "succeeded"
+
+    out, _ = world.cli(capfd, "status")
+    assert "stopped itself" in out and "launcher pull" in out and "train succeeded" not in out  # no SSH to a stopped host
+    # Nothing that would destroy the disk before it was pulled:
+    _, err = world.cli(capfd, "down", "--pull", code=2)
+    assert f"instance {iid} stopped itself after its job ended" in err
+    _, err = world.cli(capfd, "watch", code=1)
+    assert "stopped itself" in err
+    assert iid in world.vast.instances and world.vast.destroyed == []
+    # ...until asked: a plain down destroys it, disk and all.
+    _, err = world.cli(capfd, "down")
+    assert f"instance {iid} destroyed" in err and world.vast.instances == {} and world.state.load() == {}
+
+
+def test_the_container_environment_is_read_from_the_first_process_too(tmp_path, monkeypatch):
+    from launcher.providers.vast import container_env
+
+    environ = tmp_path / "environ"
+    environ.write_bytes(b"PATH=/usr/bin\0CONTAINER_ID=5001\0CONTAINER_API_KEY=k=with=equals\0")
+    monkeypatch.delenv("CONTAINER_ID", raising=False)
+    monkeypatch.setenv("CONTAINER_API_KEY", "from-the-session")
+    env = container_env(environ)
+    assert env["CONTAINER_ID"] == "5001" and env["CONTAINER_API_KEY"] == "from-the-session"
+    assert container_env(tmp_path / "unreadable")["CONTAINER_API_KEY"] == "from-the-session"
 
 
 def test_secrets_reach_the_job_only_through_the_0600_env_file(world, capfd):

@@ -43,6 +43,8 @@ class VastStandIn:
     authorized_keys: Path  # the sshd's: keys the account registers go here
     ssh_port: int  # where a running instance's SSH answers (the sshd, or a relay before it)
     api_key: str = "test-vast-key"
+    # What Vast puts in each container as CONTAINER_API_KEY: it may look at and stop its instance, nothing more.
+    container_key: str = "test-container-key"
     offers: list[dict] = field(default_factory=lambda: [offer(101, 11, dph=0.30), offer(102, 12, dph=0.42), offer(103, 13, "RTX 3090", 0.20)])
     polls_per_status: int = 1  # GET polls spent in each status before the next
     stick_at: str | None = None  # a status the instance never leaves ("loading": never runs)
@@ -54,10 +56,12 @@ class VastStandIn:
     gateway_errors_next: int = 0  # the next N requests get a 502 from Vast's gateway
     instances: dict[int, dict] = field(default_factory=dict)
     requests: list[tuple[str, str, dict | None]] = field(default_factory=list)
+    container_requests: list[tuple[str, str, dict | None]] = field(default_factory=list)  # made with container_key
     ssh_keys: list[str] = field(default_factory=list)
     destroyed: list[int] = field(default_factory=list)
     rate_limited: int = 0
     preempted: set[int] = field(default_factory=set)  # outbid: `stopped`, still listed, still billing its disk
+    stopped: set[int] = field(default_factory=set)  # stopped on request (PUT state): `stopped`, intended `stopped`
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -100,7 +104,16 @@ class VastStandIn:
         with self._lock:
             self._count += 1
             self.requests.append((method, path, body))
-            if auth != f"Bearer {self.api_key}":
+            route = path.split("?")[0]
+            if auth == f"Bearer {self.container_key}":
+                self.container_requests.append((method, path, body))
+                m = re.fullmatch(r"/api/v0/instances/(\d+)/", route)
+                if not m or method not in ("GET", "PUT") or (method == "PUT" and set(body or {}) != {"state"}):
+                    return 403, {"success": False, "error": "permission_denied", "msg": "key lacks permission"}
+                if method == "PUT" and int(m.group(1)) in self.instances:
+                    self.stop(int(m.group(1)), (body or {})["state"])
+                    return 200, {"success": True}
+            elif auth != f"Bearer {self.api_key}":
                 return 404, {"success": False, "error": "auth_error", "msg": "Invalid user key"}
             if self.gateway_errors_next > 0:
                 self.gateway_errors_next -= 1
@@ -109,7 +122,6 @@ class VastStandIn:
                 self.rate_limit_next -= 1
                 self.rate_limited += 1
                 return 429, None  # Vast sends no Retry-After
-            route = path.split("?")[0]
             if method == "POST" and route == "/api/v0/bundles/":
                 return 200, {"offers": self.search(body or {})}
             if m := re.fullmatch(r"/api/v0/asks/(\d+)/", route):
@@ -175,6 +187,12 @@ class VastStandIn:
         self._polls[iid] = 0
         return 200, {"success": True, "new_contract": iid}
 
+    def stop(self, iid: int, state: str) -> None:
+        """PUT {"state": "stopped"}: the container stops, its disk stays (and bills) until a destroy."""
+        if state == "stopped":
+            self.instances[iid].update(intended_status="stopped", cur_state="stopped", status_msg="")
+            self.stopped.add(iid)
+
     def add_key(self, key: str) -> None:
         if key and key not in self.ssh_keys:
             self.ssh_keys.append(key)
@@ -194,9 +212,11 @@ class VastStandIn:
             inst["status_msg"] = "Error response from daemon: container exited with code 1"
         elif status == "loading":
             inst["status_msg"] = "Pulling image layers: 3/7"
+        if iid in self.stopped:
+            status = "stopped"
         if iid in self.preempted:
             status = "stopped"
-            inst["intended_status"], inst["status_msg"] = "stopped", "outbid: a higher bid took the machine"
+            inst["status_msg"] = "outbid: a higher bid took the machine"  # it still wants to run: intended stays
         inst["actual_status"] = status
         if status == "running":
             if self.direct_port:

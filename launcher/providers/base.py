@@ -78,6 +78,9 @@ class ExistingHost:
     def destroy(self, instance_id: str) -> bool:
         return False
 
+    def self_stop_flags(self) -> str | None:
+        return None  # the user's own machine: the launcher never stops it
+
 
 class Provider(Protocol):
     name: str
@@ -96,4 +99,9 @@ class Provider(Protocol):
 
     def destroy(self, instance_id: str) -> bool:
         """True when it was destroyed now, False when it was already gone."""
+        ...
+
+    def self_stop_flags(self) -> str | None:
+        """Flags for `jobs idle-stop` on the host, so an instance left alone after its job stops billing;
+        None where the host cannot or should not stop itself."""
         ...

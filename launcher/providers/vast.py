@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -28,6 +30,7 @@ from trainer.errors import UserError
 DEFAULT_URL = "https://console.vast.ai"
 NEVER_RUNNING = ("exited", "unknown", "offline")  # actual_status values that do not come back
 LOST = ("stopped", "exited")  # a running instance that is no more: outbid (interruptible) or its container ended
+SELF_STOPPED = "stopped itself"  # the status of an instance whose own `jobs idle-stop` stopped it
 console = Console(stderr=True)
 
 
@@ -303,6 +306,9 @@ class VastProvider:
                 break
         return [_instance(r) for r in rows if str(r.get("label") or "").startswith(self.cfg.label_prefix)]
 
+    def self_stop_flags(self) -> str | None:
+        return f"--vast-url {shlex.quote(self.api.url)}"
+
     def destroy(self, instance_id: str) -> bool:
         try:
             answer = self.api.call("DELETE", f"/instances/{instance_id}/")
@@ -327,11 +333,61 @@ def ssh_endpoint(raw: dict) -> tuple[str, int] | None:
     return None
 
 
+def container_env(proc_environ: Path = Path("/proc/1/environ")) -> dict[str, str]:
+    """Vast puts CONTAINER_ID and CONTAINER_API_KEY in the container's first process; an SSH
+    session's environment may lack them, so read that process's too (what we run as root can)."""
+    env = {}
+    try:
+        for item in proc_environ.read_bytes().split(b"\0"):
+            key, sep, value = item.decode(errors="replace").partition("=")
+            if sep:
+                env[key] = value
+    except OSError:
+        pass
+    return {**env, **{k: v for k, v in os.environ.items() if k.startswith("CONTAINER_")}}
+
+
+def self_stopper(url: str) -> Callable[[], str]:
+    """On a Vast instance: a call that stops it with its own key, which can act on nothing but this instance.
+
+    The user's API key never goes to a rented host. Checked now, so a host that cannot
+    stop itself says so at the start, not hours later. The call returns the instance id.
+    """
+    env = container_env()
+    instance_id, key = env.get("CONTAINER_ID", "").strip(), env.get("CONTAINER_API_KEY", "").strip()
+    if not instance_id or not key:
+        raise UserError("CONTAINER_ID or CONTAINER_API_KEY is not set: this is not a Vast instance, or one too old to stop itself")
+
+    def stop(tries: int = 6) -> str:
+        api = VastAPI(url or DEFAULT_URL, key)
+        for attempt in range(tries):  # asking twice to stop is harmless, so a lost answer is asked again
+            try:
+                answer = api.call("PUT", f"/instances/{instance_id}/", {"state": "stopped"})
+            except Ambiguous as e:
+                if attempt + 1 == tries:
+                    raise UserError(f"could not reach Vast to stop instance {instance_id}: {e}") from None
+                time.sleep(2 ** attempt)
+                continue
+            except VastError as e:
+                raise UserError(f"Vast refused to stop instance {instance_id}: {e}") from None
+            if answer.get("success") is False:
+                raise UserError(f"Vast refused to stop instance {instance_id}: {answer.get('msg') or answer}")
+            return instance_id
+        raise AssertionError("unreachable: the last try returns or raises")
+
+    return stop
+
+
 def _instance(raw: dict) -> Instance:
+    status = str(raw.get("actual_status") or "")
+    # Asked to stop (by its own idle stop, or in Vast's console) rather than outbid: an outbid
+    # instance still wants to run (intended "running") and resumes when its bid wins again.
+    if status in LOST and raw.get("intended_status") == "stopped":
+        status = SELF_STOPPED
     return Instance(
         id=str(raw.get("id")),
         label=str(raw.get("label") or ""),
-        status=str(raw.get("actual_status") or ""),
+        status=status,
         price_per_hour=float(raw.get("dph_total") or 0.0),
         created_at=raw.get("start_date"),
         message=str(raw.get("status_msg") or "").strip(),
