@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from jobs.export import to_hf
 from trainer.config import ConfigError, load_config, Config
+from trainer import model as model_module
 from trainer.model import Llama, ModelConfig
 
 TINY = ModelConfig(vocab_size=300, d_model=64, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=160, seq_len=48)
@@ -38,11 +39,46 @@ def test_targets_are_not_shifted_again():
     model = Llama(TINY)
     seq = torch.randint(0, TINY.vocab_size, (2, 17))
     x, y = seq[:, :-1], seq[:, 1:]
-    logits, loss = model(x, y)
+    logits, loss = model(x)[0], model(x, y)[1]
     expected = F.cross_entropy(logits.reshape(-1, TINY.vocab_size), y.reshape(-1))
     shifted_twice = F.cross_entropy(logits[:, :-1].reshape(-1, TINY.vocab_size), y[:, 1:].reshape(-1))
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
     assert loss.item() != pytest.approx(shifted_twice.item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("chunk_elements", [1 << 25, 7 * 300])  # one chunk; 7 rows a chunk, the last one short
+def test_chunked_loss_and_its_gradients_equal_whole_logits(monkeypatch, chunk_elements):
+    monkeypatch.setattr(model_module, "LOSS_CHUNK_ELEMENTS", chunk_elements)
+    torch.manual_seed(0)
+    h = torch.randn(40, 64, requires_grad=True)
+    w = (0.05 * torch.randn(300, 64)).requires_grad_()
+    targets = torch.randint(0, 300, (40,))
+    targets[[3, 17, 39]] = -1  # ignored positions
+    ref = F.cross_entropy(h @ w.t(), targets, ignore_index=-1)
+    ref_grads = torch.autograd.grad(0.25 * ref, (h, w))  # 0.25: accumulation scales the loss before backward
+    loss = model_module.linear_cross_entropy(h, w, targets)
+    grads = torch.autograd.grad(0.25 * loss, (h, w))
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-6)
+    for got, want in zip(grads, ref_grads):
+        assert (got - want).abs().max().item() < 1e-7
+    with torch.no_grad():  # eval: the same loss, and no gradient work
+        assert model_module.linear_cross_entropy(h, w, targets).item() == pytest.approx(ref.item(), abs=1e-6)
+
+
+def test_chunked_loss_under_bf16_autocast_is_close_to_fp32():
+    torch.manual_seed(0)
+    h = torch.randn(64, 64, requires_grad=True)
+    w = (0.05 * torch.randn(300, 64)).requires_grad_()
+    targets = torch.randint(0, 300, (64,))
+    ref = F.cross_entropy(h @ w.t(), targets)
+    ref_grads = torch.autograd.grad(ref, (h, w))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model_module.linear_cross_entropy(h, w, targets)
+    grads = torch.autograd.grad(loss, (h, w))
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(ref.item(), rel=1e-2)
+    assert all(g.dtype == torch.float32 for g in grads)  # fp32 master weights get fp32 gradients
+    for got, want in zip(grads, ref_grads):
+        assert (got - want).abs().max().item() < 0.02 * want.abs().max().item()
 
 
 def test_learns_next_token_not_next_next():

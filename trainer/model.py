@@ -43,6 +43,57 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos + rotated * sin).type_as(x)
 
 
+# Rows of logits made at a time by the loss: 2^25 elements is 128 MB in fp32 whatever the vocab.
+LOSS_CHUNK_ELEMENTS = 1 << 25
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of `h @ w.T` against `targets` (-1: ignored), a chunk of rows at a time.
+
+    The (tokens, vocab) logits are never held whole. With a 32k vocab and 32k
+    tokens a micro-batch they would be 2 GB in bf16, 4 GB more in fp32 for the
+    softmax and as much again for their gradient: often the difference
+    between a micro-batch fitting a 24 GB card or not. So each chunk's
+    gradients are made in the forward pass, while its logits exist, and
+    backward only scales them. The same GEMMs run as with whole logits.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, with_grad: bool) -> torch.Tensor:
+        valid = targets != -1
+        n = valid.sum().clamp_min(1)
+        # Scaling rows of the (chunk, vocab) gradient = scaling rows of the small products it makes.
+        row_scale = (valid / n).unsqueeze(1).to(h.dtype)
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        grads_h, grad_w = [], None
+        # The matmuls run in the autocast dtype (bf16 on a GPU), the softmax in fp32.
+        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+        wc = w.to(dtype)
+        rows = max(1, LOSS_CHUNK_ELEMENTS // w.size(0))
+        for i in range(0, h.size(0), rows):
+            hc, tc, sc = h[i : i + rows], targets[i : i + rows].clamp_min(0).unsqueeze(1), row_scale[i : i + rows]
+            logp = torch.log_softmax((hc.to(dtype) @ wc.t()).float(), dim=-1)
+            total -= (logp.gather(1, tc).squeeze(1) * valid[i : i + rows]).sum()
+            if with_grad:  # d loss / d logits = softmax - one_hot, per row scaled by valid / n
+                g = logp.exp_().scatter_add_(1, tc, torch.full_like(tc, -1, dtype=logp.dtype)).to(dtype)
+                grads_h.append((g @ wc).to(h.dtype).mul_(sc))
+                gw = (g.t() @ (hc * sc).to(dtype)).float()
+                grad_w = gw if grad_w is None else grad_w.add_(gw)
+        if with_grad:
+            ctx.save_for_backward(grads_h[0] if len(grads_h) == 1 else torch.cat(grads_h), grad_w.to(w.dtype))
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out, grad_w * grad_out, None, None
+
+
+def linear_cross_entropy(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    with_grad = torch.is_grad_enabled() and (h.requires_grad or w.requires_grad)
+    return LinearCrossEntropy.apply(h, w, targets, with_grad)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -118,7 +169,8 @@ class Llama(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`targets[b, t]` is the token that follows `idx[b, t]`: already shifted, never shifted here.
 
-        Positions whose target is -1 are ignored by the loss.
+        Without targets: (logits, None). With targets: (None, mean cross-entropy), the logits
+        never made whole (see `LinearCrossEntropy`). Positions whose target is -1 are ignored.
         """
         T = idx.size(1)
         if T > self.cfg.seq_len:
@@ -127,11 +179,10 @@ class Llama(nn.Module):
         x = self.embed(idx)
         for block in self.blocks:
             x = block(x, cos, sin)
-        logits = self.lm_head(self.norm(x))
+        h = self.norm(x)
         if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+            return self.lm_head(h), None
+        return None, linear_cross_entropy(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1))
 
     def num_params(self) -> int:
         """Parameters, with the tied embedding counted once."""
