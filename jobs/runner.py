@@ -25,7 +25,7 @@ from rich.table import Table
 from jobs.config import JobConfig
 from jobs.jobfile import EXIT_STOPPED, JobFile, read_history, read_job
 from trainer.config import load_config
-from trainer.errors import UserError
+from trainer.errors import UserError, is_out_of_memory
 
 app = typer.Typer(
     help="Train a Llama-style model from raw text: tokenizer, data, benchmark, train, eval, export.",
@@ -76,10 +76,21 @@ def job_file(cfg: JobConfig, name: str) -> JobFile:
     return JobFile(run_dir(cfg), name, [Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
-def run_job(job: JobFile | None, body: Callable[[], str | None]) -> None:
+def memory_hint(cfg: JobConfig) -> str:
+    """What to do when a micro-batch does not fit: the same global batch in smaller pieces."""
+    t = cfg.train
+    where = f"out of memory at a micro-batch of {t.micro_batch_size} x {cfg.model.seq_len} tokens"
+    if t.micro_batch_size == 1:
+        return f"{where}: use a smaller model or seq_len, or a device with more memory"
+    return (f"{where}: --set train.micro_batch_size={t.micro_batch_size // 2} --set train.grad_accum_steps="
+            f"{t.grad_accum_steps * 2} keeps the global batch (and so the training) the same")
+
+
+def run_job(job: JobFile | None, body: Callable[[], str | None], oom_hint: str | None = None) -> None:
     """Run `body` as `job` (None: record nothing): job.json before and after, clean errors, exit codes.
 
-    `body` returns the final state ("succeeded" when it returns None).
+    `body` returns the final state ("succeeded" when it returns None). Running out of memory
+    is a config that does not fit this device: `oom_hint` says how to make it fit, exit 2.
     """
     # Until training installs its own graceful handler, SIGTERM ends the job as "stopped".
     signal.signal(signal.SIGTERM, raise_terminated)
@@ -103,6 +114,11 @@ def run_job(job: JobFile | None, body: Callable[[], str | None]) -> None:
         fail("interrupted")
         raise typer.Exit(130) from None
     except BaseException as e:  # a bug: record it, then let the traceback through
+        if oom_hint and is_out_of_memory(e):
+            if job:
+                job.finish("failed", 2, oom_hint)
+            fail(oom_hint)
+            raise typer.Exit(2) from None
         if job and not isinstance(e, typer.Exit):
             job.finish("failed", 1, f"{type(e).__name__}: {e}")
         raise
@@ -190,7 +206,7 @@ def benchmark(config: ConfigOpt = None, set_: SetOpt = None, smoke: SmokeOpt = F
             f"${result['projected_cost']:.2f} at ${cfg.cost.hourly_rate:.2f}/h -> {cost.throughput_path(cfg)}"
         )
 
-    run_job(job_file(cfg, "benchmark"), body)
+    run_job(job_file(cfg, "benchmark"), body, memory_hint(cfg))
 
 
 def gpu_count() -> int:
@@ -221,7 +237,7 @@ def train(
     cfg = load_or_exit(config, set_, smoke)
     start = str(resume_from) if resume_from else "latest" if resume else None
     if os.environ.get("WORLD_SIZE"):  # a worker started by accelerate launch: just train
-        run_job(None, lambda: train_with_uploads(cfg, start, stop_at, main=os.environ.get("RANK", "0") == "0"))
+        run_job(None, lambda: train_with_uploads(cfg, start, stop_at, main=os.environ.get("RANK", "0") == "0"), memory_hint(cfg))
         return
     n = num_processes or gpu_count()
 
@@ -234,7 +250,7 @@ def train(
             return train_with_uploads(cfg, start, stop_at, main=True)
         return launch_workers(n)
 
-    run_job(job_file(cfg, "train"), body)
+    run_job(job_file(cfg, "train"), body, memory_hint(cfg))
 
 
 def train_with_uploads(cfg: JobConfig, start: str | None, stop_at: int | None, main: bool) -> str:
@@ -326,7 +342,7 @@ def evaluate(
 ) -> None:
     """Val loss and perplexity on fixed val windows, fixed-prompt samples, eval.json and loss.png."""
     cfg = load_or_exit(config, set_, smoke)
-    run_job(job_file(cfg, "eval"), lambda: run_eval(cfg, checkpoint))
+    run_job(job_file(cfg, "eval"), lambda: run_eval(cfg, checkpoint), memory_hint(cfg))
 
 
 def run_eval(cfg: JobConfig, folder: Path | None) -> None:

@@ -50,6 +50,21 @@ def test_missing_data_fails_the_job_with_exit_2(workdir):
     assert job["state"] == "failed" and job["exit_code"] == 2 and "train.bin not found" in job["error"]
 
 
+def test_a_micro_batch_that_does_not_fit_says_how_to_split_it(tmp_path):
+    """A real allocation failure (the address space capped at 4 GB), not a simulated one."""
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    p = jobs("benchmark", "--smoke", "--set", "train.micro_batch_size=400000", cwd=tmp_path, check=2, preexec_fn=cap)
+    assert p.stderr.strip().splitlines() == [
+        "error: out of memory at a micro-batch of 400000 x 64 tokens: --set train.micro_batch_size=200000 "
+        "--set train.grad_accum_steps=4 keeps the global batch (and so the training) the same"]
+    job = json.loads((tmp_path / "runs" / "smoke" / "job.json").read_text())
+    assert job["state"] == "failed" and job["exit_code"] == 2 and "out of memory" in job["error"]
+
+
 def test_train_eval_status_and_no_overwrite(workdir):
     p = jobs("train", "--smoke", *TINY, "--set", "train.max_steps=10", cwd=workdir, check=0)
     assert "succeeded: step 10/10" in p.stdout
@@ -91,7 +106,7 @@ def test_sigterm_before_training_starts_is_a_clean_stop(workdir):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and "Traceback" not in err
+    assert proc.returncode == 143 and "Traceback" not in err, (proc.returncode, err[-3000:])
     assert job_json(workdir)["state"] == "stopped"
 
 

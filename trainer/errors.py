@@ -7,3 +7,8 @@ class UserError(Exception):
 
 class DataError(UserError):
     """Missing, truncated or mismatched data files."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's failure (a RuntimeError that says so)."""
+    return type(e).__name__ == "OutOfMemoryError" or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
