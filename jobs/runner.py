@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -67,8 +67,13 @@ def fail(message: str) -> None:
 class Terminated(BaseException):
     """SIGTERM outside the training loop's own handler."""
 
+    # Raised from a signal handler, it can land inside an import or a library that turns it into
+    # another error (a half-built dataclass, say); this remembers that a SIGTERM was the cause.
+    seen = False
+
 
 def raise_terminated(signum, frame) -> None:
+    Terminated.seen = True
     raise Terminated
 
 
@@ -92,6 +97,12 @@ def run_job(job: JobFile | None, body: Callable[[], str | None], oom_hint: str |
     `body` returns the final state ("succeeded" when it returns None). Running out of memory
     is a config that does not fit this device: `oom_hint` says how to make it fit, exit 2.
     """
+    def stopped() -> NoReturn:
+        if job:
+            job.finish("stopped", EXIT_STOPPED, "terminated")
+        fail("terminated")
+        raise typer.Exit(EXIT_STOPPED) from None
+
     # Until training installs its own graceful handler, SIGTERM ends the job as "stopped".
     signal.signal(signal.SIGTERM, raise_terminated)
     try:
@@ -99,10 +110,7 @@ def run_job(job: JobFile | None, body: Callable[[], str | None], oom_hint: str |
             job.start()
         state = body() or "succeeded"
     except Terminated:
-        if job:
-            job.finish("stopped", EXIT_STOPPED, "terminated")
-        fail("terminated")
-        raise typer.Exit(EXIT_STOPPED) from None
+        stopped()
     except UserError as e:
         if job:
             job.finish("failed", 2, str(e))
@@ -114,6 +122,8 @@ def run_job(job: JobFile | None, body: Callable[[], str | None], oom_hint: str |
         fail("interrupted")
         raise typer.Exit(130) from None
     except BaseException as e:  # a bug: record it, then let the traceback through
+        if Terminated.seen and not isinstance(e, typer.Exit):
+            stopped()
         if oom_hint and is_out_of_memory(e):
             if job:
                 job.finish("failed", 2, oom_hint)

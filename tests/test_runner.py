@@ -110,6 +110,33 @@ def test_sigterm_before_training_starts_is_a_clean_stop(workdir):
     assert job_json(workdir)["state"] == "stopped"
 
 
+def test_a_sigterm_that_library_code_turns_into_another_error_still_stops_the_job(tmp_path, monkeypatch):
+    """The handler raises where the signal lands: inside an import, say, which may fail with an error of its own."""
+    import typer
+
+    from jobs.jobfile import JobFile
+    from jobs.runner import Terminated, run_job
+
+    monkeypatch.setattr(Terminated, "seen", False)
+    old = signal.getsignal(signal.SIGTERM)
+
+    def body() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises long before this ends
+        except Terminated:
+            raise TypeError("cannot create weak reference to 'EqualityConstraint'") from None
+
+    try:
+        with pytest.raises(typer.Exit) as e:
+            run_job(JobFile(tmp_path, "train", ["jobs", "train"]), body)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert e.value.exit_code == 143
+    job = json.loads((tmp_path / "job.json").read_text())
+    assert job["state"] == "stopped" and job["exit_code"] == 143
+
+
 def test_sigterm_stops_with_a_checkpoint_then_resume_continues(workdir):
     args = ["train", "--smoke", *TINY, "--set", "train.max_steps=400", "--set", "train.checkpoint_interval=1000",
             "--set", "train.eval_interval=1000", "--set", "train.overfit_check.enabled=false"]
