@@ -752,6 +752,8 @@ def teardown(ctx: Ctx, rec: Record, pull_first: bool = False, stop_job: bool = T
     if pull_first and inst is not None and inst.status == SELF_STOPPED:
         raise UserError(self_stopped_text(rec))  # destroying it now would lose what was not pulled
     reachable = stop_job and rec.ssh is not None and is_running(rec, inst)
+    if pull_first and not reachable and rec.job:
+        console.print(f"[yellow]instance {rec.instance_id} is {inst.status if inst else 'gone'}: nothing can be pulled[/]")
     if reachable and rec.job:
         try:
             if pull_first:
