@@ -4,7 +4,9 @@ RMSNorm, rotary position embeddings, SwiGLU, grouped-query attention through
 `scaled_dot_product_attention` (flash attention on a GPU), tied input and
 output embeddings, no biases. The weights map one to one onto
 `transformers.LlamaForCausalLM` (see `jobs/export.py`); the q/k/v and the
-gate/up projections are each one fused matmul here because that is faster.
+gate/up projections are each one fused matmul here because that is faster,
+and the training loss is taken a chunk of tokens at a time so the whole
+(tokens, vocab) logits never exist (`LinearCrossEntropy`).
 """
 
 from __future__ import annotations
