@@ -69,7 +69,8 @@ class VastAPI:
     def __init__(self, url: str, key: str, max_tries: int = 10, timeout_s: float = 120.0):
         self.url, self._key, self.max_tries, self.timeout_s = url.rstrip("/"), key, max_tries, timeout_s
 
-    def call(self, method: str, path: str, body: dict | None = None, api: str = "v0") -> dict:
+    def call(self, method: str, path: str, body: dict | None = None, api: str = "v0", repeatable: bool = False) -> dict:
+        """`repeatable`: a PUT that does the same when it arrives twice (a state change), so it is retried too."""
         url = f"{self.url}/api/{api}{path}"
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Authorization": f"Bearer {self._key}", "Accept": "application/json"}
@@ -77,7 +78,7 @@ class VastAPI:
             headers["Content-Type"] = "application/json"
         # A purchase (PUT) is never repeated blindly: Vast accepts duplicates. Other
         # calls are safe to repeat after a gateway error or a dropped connection.
-        idempotent = method in ("GET", "DELETE")
+        idempotent = repeatable or method in ("GET", "DELETE")
         delay = 0.15
         for attempt in range(self.max_tries):
             last = attempt + 1 == self.max_tries
@@ -358,22 +359,16 @@ def self_stopper(url: str) -> Callable[[], str]:
     if not instance_id or not key:
         raise UserError("CONTAINER_ID or CONTAINER_API_KEY is not set: this is not a Vast instance, or one too old to stop itself")
 
-    def stop(tries: int = 6) -> str:
-        api = VastAPI(url or DEFAULT_URL, key)
-        for attempt in range(tries):  # asking twice to stop is harmless, so a lost answer is asked again
-            try:
-                answer = api.call("PUT", f"/instances/{instance_id}/", {"state": "stopped"})
-            except Ambiguous as e:
-                if attempt + 1 == tries:
-                    raise UserError(f"could not reach Vast to stop instance {instance_id}: {e}") from None
-                time.sleep(2 ** attempt)
-                continue
-            except VastError as e:
-                raise UserError(f"Vast refused to stop instance {instance_id}: {e}") from None
-            if answer.get("success") is False:
-                raise UserError(f"Vast refused to stop instance {instance_id}: {answer.get('msg') or answer}")
-            return instance_id
-        raise AssertionError("unreachable: the last try returns or raises")
+    def stop() -> str:
+        try:  # asking twice to stop is harmless, so a lost answer is asked again
+            answer = VastAPI(url or DEFAULT_URL, key).call("PUT", f"/instances/{instance_id}/", {"state": "stopped"}, repeatable=True)
+        except Ambiguous as e:
+            raise UserError(f"could not reach Vast to stop instance {instance_id}: {e}") from None
+        except VastError as e:
+            raise UserError(f"Vast refused to stop instance {instance_id}: {e}") from None
+        if answer.get("success") is False:
+            raise UserError(f"Vast refused to stop instance {instance_id}: {answer.get('msg') or answer}")
+        return instance_id
 
     return stop
 
