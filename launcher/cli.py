@@ -41,7 +41,7 @@ from launcher.providers.vast import LOST, SELF_STOPPED
 from launcher.remote import CONNECTION_ERRORS, Remote, interactive_ssh, local_rsync, rsync_pull, sftp_pull
 from launcher.state import Estimate, JobInfo, Record, State
 from trainer.errors import UserError
-from trainer.fileio import atomic_write_json, atomic_write_text
+from trainer.fileio import atomic_write_json, atomic_write_text, is_complete
 
 app = typer.Typer(
     help="Rent a Vast.ai GPU or reach a Colab / SSH host, run jobs in tmux, tail logs, pull results, tear down.",
@@ -447,10 +447,13 @@ def latest_local_checkpoint(cfg: LauncherConfig, run: str) -> Path:
     ckpts = Path(cfg.pull.dest) / run / "checkpoints"
     if (ckpts / "final").is_dir():
         raise UserError(f"--resume {run}: the run has finished ({ckpts / 'final'} is here); nothing to resume")
-    found = [p for p in ckpts.glob("step_*") if (p / "state.json").is_file()]
-    if not found:
+    found = sorted((p for p in ckpts.glob("step_*") if p.name[5:].isdigit() and p.is_dir()), key=lambda p: int(p.name[5:]))
+    whole = [p for p in found if is_complete(p)]
+    if not whole:
         raise UserError(f"--resume {run}: no checkpoint in {ckpts}; `launcher pull` (or `watch`) brings them as they are made")
-    return max(found, key=lambda p: read_checkpoint_state(p)["step"])
+    if found[-1] != whole[-1]:  # the pull of the newest was cut off with the instance
+        console.print(f"[yellow]{found[-1].name} was pulled only in part; resuming from {whole[-1].name}[/]")
+    return whole[-1]
 
 
 def upload_run(remote: Remote, run: str, checkpoint_dir: Path) -> None:

@@ -84,7 +84,7 @@ try:
         if step % 3 == 0:
             ck = d / "checkpoints" / f"step_{step:06d}"; tmp = ck.with_name(ck.name + ".tmp"); tmp.mkdir()
             (tmp / "model.safetensors").write_bytes(os.urandom(300_000))
-            (tmp / "state.json").write_text(json.dumps({"step": step, "tokens": step * 1024})); os.replace(tmp, ck)
+            (tmp / "state.json").write_text(json.dumps({"step": step, "tokens": step * 1024, "files": {"model.safetensors": 300_000}})); os.replace(tmp, ck)
     with open(d / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"kind": "eval", "step": steps, "tokens": steps * 1024, "val_loss": 1.2345, "time": time.time()}) + "\n")
     best = d / "checkpoints" / "best"
@@ -96,7 +96,7 @@ except KeyboardInterrupt:  # Ctrl-C from `down`, SIGTERM from the budget guard: 
     ck = d / "checkpoints" / f"step_{done:06d}"
     if done and not ck.exists():
         ck.mkdir(); (ck / "model.safetensors").write_bytes(os.urandom(1000))
-        (ck / "state.json").write_text(json.dumps({"step": done, "tokens": done * 1024}))
+        (ck / "state.json").write_text(json.dumps({"step": done, "tokens": done * 1024, "files": {"model.safetensors": 1000}}))
     print("stopping: final checkpoint", flush=True); finish("stopped", 143, "interrupted")
 '''
 

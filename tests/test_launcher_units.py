@@ -102,17 +102,23 @@ def test_plan_sends_the_rented_price_and_starts_the_budget_guard_after_the_steps
     assert smoke.steps[-1] == "env jobs train --smoke --set train.run_name=r1 --set cost.hourly_rate=0.3"
 
 
-def test_resume_takes_the_latest_pulled_step_and_refuses_a_finished_run(tmp_path):
+def test_resume_takes_the_latest_whole_pulled_step_and_refuses_a_finished_run(tmp_path, capsys):
     cfg = LauncherConfig()
     cfg.pull.dest = str(tmp_path)
     ckpts = tmp_path / "r1" / "checkpoints"
     with pytest.raises(UserError, match="no checkpoint in"):
         latest_local_checkpoint(cfg, "r1")
-    for step in (90, 100, 110):
+    for step in (90, 100, 110, 120):
         (ckpts / f"step_{step:06d}").mkdir(parents=True)
-        (ckpts / f"step_{step:06d}" / "state.json").write_text(json.dumps({"step": step, "tokens": step * 10}))
-    (ckpts / "step_000120.tmp").mkdir()  # being written: no state.json yet
+        (ckpts / f"step_{step:06d}" / "model.safetensors").write_bytes(b"w" * step)
+        (ckpts / f"step_{step:06d}" / "state.json").write_text(
+            json.dumps({"step": step, "tokens": step * 10, "files": {"model.safetensors": step}}))
+    (ckpts / "step_000130.tmp").mkdir()  # being written: no state.json yet
+    assert latest_local_checkpoint(cfg, "r1").name == "step_000120"
+    # the newest pulled in part (the instance was lost mid-pull): the one before it, and a line that says so
+    (ckpts / "step_000120" / "model.safetensors").write_bytes(b"w" * 50)
     assert latest_local_checkpoint(cfg, "r1").name == "step_000110"
+    assert "step_000120 was pulled only in part; resuming from step_000110" in capsys.readouterr().err
     (ckpts / "final").mkdir()
     with pytest.raises(UserError, match="has finished"):
         latest_local_checkpoint(cfg, "r1")

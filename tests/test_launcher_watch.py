@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ import pytest
 
 from launcher import cli
 from launcher.pricing import ThroughputHistory
+from trainer.fileio import is_complete
 from test_launcher_host import REPO, TOKEN, World, push_smoke_data
 from vast_server import offer
 
@@ -158,24 +160,58 @@ def test_budget_guard_stops_the_run_with_a_checkpoint_then_watch_pulls_reports_a
 
 
 def lose_instance_when(world: World, local: Path, step: int) -> threading.Thread:
-    """Once the watcher has pulled a checkpoint of `step` or later, the instance is outbid and its machine
-    (disk included) is gone."""
+    """Once the host has written a checkpoint of `step` or later, its jobs are frozen (SIGSTOP), so the run
+    cannot finish first however fast this machine is; once the watcher has pulled that checkpoint, the
+    instance is outbid and its machine (disk included) is gone."""
 
-    def pulled() -> bool:
-        return any(int(p.name[5:]) >= step for p in (local / "checkpoints").glob("step_*"))
+    def reached(checkpoints: Path) -> bool:
+        return any(int(p.name[5:]) >= step for p in checkpoints.glob("step_*") if p.name[5:].isdigit() and is_complete(p))
+
+    def wait_for(checkpoints: Path, deadline: float) -> None:
+        while not reached(checkpoints) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def go() -> None:
         deadline = time.monotonic() + 120
-        while not pulled() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(world.workdir / "runs" / "smoke" / "checkpoints", deadline)
+        jobs = tmux_descendants(world.socket)
+        signal_all(jobs, signal.SIGSTOP)
+        wait_for(local / "checkpoints", deadline)
         world.vast.preempted.update(world.vast.instances)
+        signal_all(jobs, signal.SIGKILL)
         subprocess.run(["tmux", "-L", world.socket, "kill-server"], capture_output=True)
-        time.sleep(0.3)
         shutil.rmtree(world.workdir, ignore_errors=True)
 
     thread = threading.Thread(target=go, daemon=True)
     thread.start()
     return thread
+
+
+def tmux_descendants(socket: str) -> list[int]:
+    """Every process under the tmux server on `socket`: the jobs running on the stand-in host."""
+    server = subprocess.run(["tmux", "-L", socket, "display-message", "-p", "#{pid}"], capture_output=True, text=True)
+    if server.returncode != 0:
+        return []
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while we looked
+    found, frontier = [], [int(server.stdout)]
+    while frontier:
+        children = [pid for pid, ppid in parents.items() if ppid in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def test_a_preempted_instance_is_destroyed_and_up_resume_continues_the_curve(world, capfd):

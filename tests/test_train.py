@@ -38,10 +38,17 @@ def test_loss_falls_and_outputs_are_written(workdir):
     assert res.tokens == 30 * 8 * 2 * 32
 
 
-def test_keeps_last_k_checkpoints(workdir):
+def test_keeps_last_k_checkpoints_and_skips_ones_cut_short(workdir):
     res = train(tiny_config("train.max_steps=12", "train.checkpoint_interval=2", "train.keep_last=2"))
     names = sorted(p.name for p in (res.run_dir / "checkpoints").iterdir())
     assert names == ["best", "final", "step_000008", "step_000010"]
+    ckpts = res.run_dir / "checkpoints"
+    assert checkpoint.latest(ckpts).name == "final"
+    # copies cut short (a pull from a lost instance keeps half a file): the sizes in state.json tell
+    for name in ("final", "step_000010"):
+        with open(ckpts / name / "optimizer.pt", "r+b") as f:
+            f.truncate(100)
+    assert checkpoint.latest(ckpts).name == "step_000008"
 
 
 def test_resume_is_exact(workdir):

@@ -2,9 +2,11 @@
 
 A checkpoint is a folder `step_000123/` holding `model.safetensors`,
 `optimizer.pt`, `trainer_state.pt` (scheduler and RNG states) and
-`state.json` (step, tokens seen, best val loss, the config). It is written
-as `.step_000123.tmp/` and renamed, so a crash mid-write leaves nothing
-that looks like a checkpoint. `best/` and `final/` are written the same way.
+`state.json` (step, tokens seen, best val loss, the config, and the size of
+each other file). It is written as `.step_000123.tmp/` and renamed, so a
+crash mid-write leaves nothing that looks like a checkpoint; the sizes tell
+a copy cut short (a pull from a lost instance) from a whole one. `best/` and
+`final/` are written the same way.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from trainer.errors import UserError
-from trainer.fileio import atomic_write_json
+from trainer.fileio import atomic_write_json, file_sizes, is_complete
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -56,7 +58,7 @@ def save(
     save_model(model, str(tmp / "model.safetensors"))  # drops the tied lm_head duplicate
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save({"scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "trainer_state.pt")
-    atomic_write_json(tmp / "state.json", state)
+    atomic_write_json(tmp / "state.json", {**state, "files": file_sizes(tmp)})
     old = folder.with_name(f".{folder.name}.old")
     if folder.exists():  # best/ and final/ are replaced: keep the old one until the new is in place
         shutil.rmtree(old, ignore_errors=True)
@@ -99,7 +101,7 @@ def step_folders(ckpt_dir: Path) -> list[Path]:
     """Complete `step_*` checkpoints, oldest first."""
     if not ckpt_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := STEP_DIR.match(p.name)) and is_complete(p)]
     return [p for _, p in sorted(found)]
 
 
@@ -107,7 +109,7 @@ def latest(ckpt_dir: Path) -> Path | None:
     """The checkpoint with the most steps behind it, `final/` included."""
     candidates = step_folders(ckpt_dir)
     final = ckpt_dir / "final"
-    if final.is_dir():
+    if is_complete(final):
         candidates.append(final)
     return max(candidates, key=lambda p: read_state(p)["step"], default=None)
 
