@@ -26,6 +26,7 @@ from jobs.config import JobConfig
 from jobs.jobfile import EXIT_STOPPED, JobFile, read_history, read_job
 from trainer.config import load_config
 from trainer.errors import UserError, is_out_of_memory
+from trainer.units import fmt_duration, fmt_tokens
 
 app = typer.Typer(
     help="Train a Llama-style model from raw text: tokenizer, data, benchmark, train, eval, export.",
@@ -212,7 +213,7 @@ def benchmark(config: ConfigOpt = None, set_: SetOpt = None, smoke: SmokeOpt = F
         mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] is not None else ""
         print(
             f"{result['device']}: {result['tokens_per_s']:,.0f} tokens/s per process{mfu}; "
-            f"{result['target_tokens'] / 1e9:.2f}B tokens on {n} process(es) = {result['projected_hours']:.2f} h, "
+            f"{fmt_tokens(result['target_tokens'])} tokens on {n} process(es) = {fmt_duration(result['projected_hours'] * 3600)}, "
             f"${result['projected_cost']:.2f} at ${cfg.cost.hourly_rate:.2f}/h -> {cost.throughput_path(cfg)}"
         )
 

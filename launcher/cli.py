@@ -42,6 +42,7 @@ from launcher.remote import CONNECTION_ERRORS, Remote, interactive_ssh, local_rs
 from launcher.state import Estimate, JobInfo, Record, State
 from trainer.errors import UserError
 from trainer.fileio import atomic_write_json, atomic_write_text, is_complete
+from trainer.units import fmt_duration, fmt_tokens
 
 app = typer.Typer(
     help="Rent a Vast.ai GPU or reach a Colab / SSH host, run jobs in tmux, tail logs, pull results, tear down.",
@@ -601,18 +602,6 @@ def describe_job(job: JobInfo, record: dict | None, code: int | None, alive: boo
     if code is not None:
         return f"{job.job} {'succeeded' if code == 0 else 'failed'}, exit code {code}"
     return f"{job.job} not running"
-
-
-def fmt_tokens(n: int) -> str:
-    return f"{n / 1e9:,.2f}B" if n >= 1e7 else f"{n:,}"
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
 # --- logs ------------------------------------------------------------------------------

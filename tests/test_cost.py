@@ -63,3 +63,11 @@ def test_guard_rebenchmarks_a_stale_measurement(workdir):
 def test_guard_off_without_max_cost(workdir):
     assert cost.guard(tiny_config(), log=lambda _: None) is None
     assert not (workdir / "runs" / "throughput.json").exists()
+
+
+def test_token_counts_and_durations_are_written_for_people():
+    from trainer.units import fmt_duration, fmt_tokens
+
+    assert fmt_tokens(614_400) == "614,400"  # a demo run is not "0.00B"
+    assert fmt_tokens(2_621_440_000) == "2.62B"
+    assert [fmt_duration(s) for s in (247, 3900, None, float("inf"))] == ["4m07s", "1h05m", "?", "?"]

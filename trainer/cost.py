@@ -19,6 +19,7 @@ from trainer.config import Config, config_hash
 from trainer.errors import UserError
 from trainer.fileio import atomic_write_json, read_json
 from trainer.gpus import peak_flops
+from trainer.units import fmt_duration, fmt_tokens
 
 
 class CostError(UserError):
@@ -140,7 +141,7 @@ def guard(cfg: Config, num_processes: int = 1, log=print) -> Projection | None:
         measured = benchmark(cfg, path, num_processes)
     proj = project(cfg, measured["tokens_per_s"], num_processes)
     summary = (
-        f"{proj.tokens / 1e9:.2f}B tokens at {proj.tokens_per_s:,.0f} tokens/s = {proj.hours:.1f} h "
+        f"{fmt_tokens(proj.tokens)} tokens at {proj.tokens_per_s:,.0f} tokens/s = {fmt_duration(proj.hours * 3600)} "
         f"x ${cfg.cost.hourly_rate:.2f}/h = ${proj.cost:.2f}"
     )
     if proj.cost > cfg.cost.max_cost:

@@ -31,6 +31,7 @@ from trainer.data import TokenData
 from trainer.errors import UserError
 from trainer.evaluate import plot_metrics, val_loss
 from trainer.model import Llama
+from trainer.units import fmt_duration
 
 
 def mixed_precision(cfg: Config) -> str:
@@ -112,13 +113,6 @@ class StopFlag:
             return self.raised
         flag = torch.tensor([float(self.raised)], device=accelerator.device)
         return bool(accelerator.reduce(flag, reduction="max").item())
-
-
-def format_eta(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    h, rem = divmod(int(seconds), 3600)
-    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
 def run_dir_of(cfg: Config) -> Path:
@@ -250,7 +244,7 @@ def train(
                      "tokens_per_s": tps, "mfu": mfu, "eta_s": eta})
                 mfu_txt = f" | mfu {mfu:.1%}" if mfu is not None else ""
                 say(f"step {step:>6}/{t.max_steps} | loss {last_loss:.4f} | lr {lr:.2e} | "
-                          f"{tps:,.0f} tok/s{mfu_txt} | eta {format_eta(eta)}")
+                          f"{tps:,.0f} tok/s{mfu_txt} | eta {fmt_duration(eta)}")
                 loss_sum.zero_()
                 window_steps, window_start = 0, time.perf_counter()
 
