@@ -41,7 +41,7 @@ from launcher.providers.vast import LOST, SELF_STOPPED
 from launcher.remote import CONNECTION_ERRORS, Remote, interactive_ssh, local_rsync, rsync_pull, sftp_pull
 from launcher.state import Estimate, JobInfo, Record, State
 from trainer.errors import UserError
-from trainer.fileio import atomic_write_json, atomic_write_text, is_complete
+from trainer.fileio import atomic_write_json, atomic_write_text
 from trainer.units import fmt_duration, fmt_tokens
 
 app = typer.Typer(
@@ -445,11 +445,12 @@ def read_checkpoint_state(folder: Path) -> dict:
 
 def latest_local_checkpoint(cfg: LauncherConfig, run: str) -> Path:
     """The checkpoint of `run` with the most steps among those pulled here (watch and pull bring them)."""
+    from trainer import checkpoint  # torch: the resume path ranks offers with it anyway
+
     ckpts = Path(cfg.pull.dest) / run / "checkpoints"
     if (ckpts / "final").is_dir():
         raise UserError(f"--resume {run}: the run has finished ({ckpts / 'final'} is here); nothing to resume")
-    found = sorted((p for p in ckpts.glob("step_*") if p.name[5:].isdigit() and p.is_dir()), key=lambda p: int(p.name[5:]))
-    whole = [p for p in found if is_complete(p)]
+    found, whole = checkpoint.step_folders(ckpts, complete=False), checkpoint.step_folders(ckpts)
     if not whole:
         raise UserError(f"--resume {run}: no checkpoint in {ckpts}; `launcher pull` (or `watch`) brings them as they are made")
     if found[-1] != whole[-1]:  # the pull of the newest was cut off with the instance

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -98,25 +99,12 @@ class Sshd:
     def session_pids(self) -> list[int]:
         """The per-connection sshd processes (children of the listener)."""
         assert self.proc is not None
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[1]) == self.proc.pid:
-                    pids.append(int(entry.name))
-        return pids
+        return child_pids(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc is None:
             return
-        for pid in self.session_pids():
-            try:
-                os.kill(pid, 15)
-            except ProcessLookupError:
-                pass
+        signal_all(self.session_pids(), signal.SIGTERM)
         self.proc.terminate()
         try:
             self.proc.wait(5)
@@ -212,3 +200,22 @@ def stdio_relay(host: str, port: int) -> None:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["relay"]:
     stdio_relay(sys.argv[2], int(sys.argv[3]))
+
+
+def child_pids(parent: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                pids.append(int(stat.parent.name))
+        except OSError:
+            continue  # the process ended while we looked
+    return pids
+
+
+def signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass

@@ -27,7 +27,8 @@ import pytest
 
 from launcher import cli
 from launcher.pricing import ThroughputHistory
-from trainer.fileio import is_complete
+from trainer import checkpoint
+from sshd import child_pids, signal_all
 from test_launcher_host import REPO, TOKEN, World, push_smoke_data
 from vast_server import offer
 
@@ -165,7 +166,7 @@ def lose_instance_when(world: World, local: Path, step: int) -> threading.Thread
     instance is outbid and its machine (disk included) is gone."""
 
     def reached(checkpoints: Path) -> bool:
-        return any(int(p.name[5:]) >= step for p in checkpoints.glob("step_*") if p.name[5:].isdigit() and is_complete(p))
+        return any(checkpoint.read_state(p)["step"] >= step for p in checkpoint.step_folders(checkpoints))
 
     def wait_for(checkpoints: Path, deadline: float) -> None:
         while not reached(checkpoints) and time.monotonic() < deadline:
@@ -190,28 +191,11 @@ def lose_instance_when(world: World, local: Path, step: int) -> threading.Thread
 def tmux_descendants(socket: str) -> list[int]:
     """Every process under the tmux server on `socket`: the jobs running on the stand-in host."""
     server = subprocess.run(["tmux", "-L", socket, "display-message", "-p", "#{pid}"], capture_output=True, text=True)
-    if server.returncode != 0:
-        return []
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rpartition(")")[2].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue  # the process ended while we looked
-    found, frontier = [], [int(server.stdout)]
+    found, frontier = [], [int(server.stdout)] if server.returncode == 0 else []
     while frontier:
-        children = [pid for pid, ppid in parents.items() if ppid in frontier]
-        found += children
-        frontier = children
+        frontier = [child for pid in frontier for child in child_pids(pid)]
+        found += frontier
     return found
-
-
-def signal_all(pids: list[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def test_a_preempted_instance_is_destroyed_and_up_resume_continues_the_curve(world, capfd):

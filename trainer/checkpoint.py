@@ -11,7 +11,6 @@ a copy cut short (a pull from a lost instance) from a whole one. `best/` and
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import shutil
@@ -23,7 +22,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from trainer.errors import UserError
-from trainer.fileio import atomic_write_json, file_sizes, is_complete
+from trainer.fileio import atomic_write_json, read_json
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -58,7 +57,8 @@ def save(
     save_model(model, str(tmp / "model.safetensors"))  # drops the tied lm_head duplicate
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save({"scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "trainer_state.pt")
-    atomic_write_json(tmp / "state.json", {**state, "files": file_sizes(tmp)})
+    sizes = {p.name: p.stat().st_size for p in tmp.iterdir()}
+    atomic_write_json(tmp / "state.json", {**state, "files": sizes})
     old = folder.with_name(f".{folder.name}.old")
     if folder.exists():  # best/ and final/ are replaced: keep the old one until the new is in place
         shutil.rmtree(old, ignore_errors=True)
@@ -69,7 +69,7 @@ def save(
 
 
 def read_state(folder: Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / "state.json").read_text())
+    return read_json(Path(folder) / "state.json")
 
 
 def load_weights(folder: Path, model: torch.nn.Module) -> None:
@@ -97,11 +97,22 @@ def load(
     return read_state(folder)
 
 
-def step_folders(ckpt_dir: Path) -> list[Path]:
-    """Complete `step_*` checkpoints, oldest first."""
+def is_complete(folder: Path) -> bool:
+    """Whether `state.json` is there and every file it lists is there at its size. A copy cut
+    short (rsync --partial keeps the half file) is not."""
+    try:
+        listed = read_state(folder)["files"]
+        return all((Path(folder) / name).stat().st_size == size for name, size in listed.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def step_folders(ckpt_dir: Path, complete: bool = True) -> list[Path]:
+    """`step_*` checkpoints, oldest first: only whole ones, unless `complete` is False."""
     if not ckpt_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := STEP_DIR.match(p.name)) and is_complete(p)]
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir()
+             if (m := STEP_DIR.match(p.name)) and p.is_dir() and (not complete or is_complete(p))]
     return [p for _, p in sorted(found)]
 
 

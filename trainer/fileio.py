@@ -37,16 +37,3 @@ def atomic_write_json(path: str | Path, obj: Any, mode: int | None = None) -> No
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
-
-def file_sizes(folder: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-def is_complete(folder: Path) -> bool:
-    """Whether `folder/state.json` is there and every file its "files" lists is there at that size. A
-    checkpoint copied over a cut connection (rsync --partial keeps the half file) is not."""
-    try:
-        listed = read_json(folder / "state.json")["files"]
-        return all((folder / name).stat().st_size == size for name, size in listed.items())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
