@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -10,8 +11,10 @@ import sys
 import threading
 
 import pytest
+import torch
 
-from conftest import VOCAB, tiny_config
+from badinput import snapshot
+from conftest import REPO, VOCAB, tiny_config
 from trainer import checkpoint
 from trainer.checks import SanityCheckError
 from trainer.evaluate import read_metrics
@@ -65,6 +68,45 @@ def test_resume_is_exact(workdir):
     wa = checkpoint.read_state(straight.run_dir / "checkpoints" / "final")
     wb = checkpoint.read_state(second.run_dir / "checkpoints" / "final")
     assert wa["tokens"] == wb["tokens"]
+
+
+class RunsCode:
+    """What a hostile checkpoint holds: unpickling it calls `touch`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (subprocess.call, (["touch", self.marker],))
+
+
+def test_a_checkpoint_whose_pickle_would_run_code_is_refused_with_one_line(workdir):
+    sets = [f"model.vocab_size={VOCAB}", "model.seq_len=32", "train.max_steps=8", "train.checkpoint_interval=4",
+            "train.overfit_check.enabled=false", "train.eval_interval=100"]
+    first = train(tiny_config(*sets), stop_at=4)
+    ckpt = first.run_dir / "checkpoints" / "step_000004"
+    # The payload is live: an unsafe load of it runs the command.
+    probe = workdir / "probe.pt"
+    torch.save({"scheduler": RunsCode(workdir / "ran-on-probe")}, probe)
+    torch.load(probe, weights_only=False)
+    assert (workdir / "ran-on-probe").exists()
+    # Planted as the trainer state, its size in state.json updated, so the checkpoint looks whole.
+    marker = workdir / "ran-on-resume"
+    torch.save({"scheduler": RunsCode(marker), "rng": {}}, ckpt / "trainer_state.pt")
+    state = json.loads((ckpt / "state.json").read_text())
+    state["files"]["trainer_state.pt"] = (ckpt / "trainer_state.pt").stat().st_size
+    (ckpt / "state.json").write_text(json.dumps(state))
+    assert checkpoint.is_complete(ckpt) and checkpoint.latest(ckpt.parent) == ckpt
+
+    before = snapshot(ckpt.parent)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "jobs.runner", "train", "--smoke", "--resume", *(a for s in sets for a in ("--set", s))],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(lines) == 1 and "trainer_state.pt: refused" in lines[0], proc.stderr[-3000:]
+    assert not marker.exists()  # the code never ran
+    assert snapshot(ckpt.parent) == before
 
 
 def test_sigterm_saves_and_stops(workdir):

@@ -7,10 +7,15 @@ each other file). It is written as `.step_000123.tmp/` and renamed, so a
 crash mid-write leaves nothing that looks like a checkpoint; the sizes tell
 a copy cut short (a pull from a lost instance) from a whole one. `best/` and
 `final/` are written the same way.
+
+A checkpoint may come from a rented host or a Hub repo, so the `.pt` files
+hold only tensors, numbers, strings, lists and dicts, and are read with
+`torch.load(weights_only=True)`: a pickle that would run code is refused.
 """
 
 from __future__ import annotations
 
+import pickle
 import random
 import re
 import shutil
@@ -28,18 +33,40 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as plain values and tensors (no numpy arrays: weights_only cannot read them)."""
+    version, words, gauss = random.getstate()
+    key, np_words, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": version, "state": list(words), "gauss_next": gauss},
+        "numpy": {"key": key, "state": torch.from_numpy(np_words.astype(np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "cached_gaussian": cached},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    np.random.set_state((npy["key"], npy["state"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_plain(path: Path) -> Any:
+    """A `.pt` file of tensors and plain values; anything that would unpickle code is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: not a whole checkpoint") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path}: refused, it holds more than tensors and plain values "
+                        f"(a pickle from elsewhere, or an older checkpoint format): {first}") from None
 
 
 def save(
@@ -89,9 +116,11 @@ def load(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> dict[str, Any]:
     folder = Path(folder)
+    # Every file read before anything is applied: a refused one leaves the model as it was.
+    optim_state = load_plain(folder / "optimizer.pt")
+    extra = load_plain(folder / "trainer_state.pt")
     load_weights(folder, model)
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
-    extra = torch.load(folder / "trainer_state.pt", map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(optim_state)
     scheduler.load_state_dict(extra["scheduler"])
     set_rng_state(extra["rng"])
     return read_state(folder)
