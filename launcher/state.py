@@ -1,7 +1,8 @@
 """The local record of what the launcher rented or reached, so nothing is forgotten.
 
-One JSON file (0600, written atomically: a crash never leaves half of it)
-maps a deployment name to its record: provider, instance id and label, SSH
+One JSON file (0600, written atomically: a crash never leaves half of it;
+changed under a file lock: two launchers at once never lose each other's
+records) maps a deployment name to its record: provider, instance id and label, SSH
 target with the pinned host key, the job, price and creation time. A record
 is written right after a create, before anything else can fail, and removed
 only once the instance is destroyed; `launcher ls` and `launcher down` start
@@ -10,11 +11,15 @@ from it. Secrets never go in here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from trainer.errors import UserError
 from trainer.fileio import atomic_write_json, atomic_write_text
@@ -109,18 +114,27 @@ class State:
         return self.load().get(name)
 
     def put(self, record: Record) -> None:
-        records = self.load()
-        records[record.name] = record
-        self._write(records)
+        with self._changing() as records:
+            records[record.name] = record
 
     def remove(self, name: str) -> None:
-        records = self.load()
-        if records.pop(name, None) is not None:
-            self._write(records)
+        with self._changing() as records:
+            records.pop(name, None)
 
-    def _write(self, records: dict[str, Record]) -> None:
+    @contextlib.contextmanager
+    def _changing(self, timeout_s: float = 30.0) -> Iterator[dict[str, Record]]:
+        """Read, change and write back the records while holding the lock; readers need none (the write is atomic)."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write_json(self.path, {"records": {n: asdict(r) for n, r in records.items()}}, mode=0o600)
+        try:
+            with FileLock(self.dir / "state.json.lock", timeout=timeout_s, mode=0o600):
+                records = self.load()
+                before = dict(records)
+                yield records
+                if records != before:
+                    atomic_write_json(self.path, {"records": {n: asdict(r) for n, r in records.items()}}, mode=0o600)
+        except Timeout:
+            raise UserError(f"{self.dir / 'state.json.lock'}: another launcher has held the state lock for "
+                            f"{timeout_s:.0f} s; try again once it is done") from None
 
     # --- files that OpenSSH and rsync read: pinned key and a per-deployment ssh config
 

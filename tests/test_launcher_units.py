@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 
 import pytest
@@ -17,7 +19,7 @@ from launcher.providers.vast import api_key, ssh_endpoint
 from launcher.state import Estimate, JobInfo, Record, SSHTarget, State
 from trainer.config import ConfigError
 from trainer.errors import UserError
-from conftest import run_launcher, vast_provider
+from conftest import REPO, run_launcher, vast_provider
 from vast_server import offer
 
 
@@ -83,6 +85,32 @@ def test_state_round_trips_atomically_with_0600_and_ssh_files(tmp_path):
     state.path.write_text("{not json")
     with pytest.raises(UserError, match="unreadable launcher state"):
         state.load()
+
+
+WRITER = """
+import sys
+from launcher.state import Record, State
+state, tag = State(sys.argv[1]), sys.argv[2]
+for i in range(60):
+    state.put(Record(name=f"{tag}-{i}", provider="ssh", label="l", workdir="/w", jobs_command="jobs", tmux_socket="s"))
+    if i % 2:
+        state.remove(f"old-{tag}-{i}")
+"""
+
+
+def test_concurrent_launchers_lose_no_record(tmp_path):
+    state = State(tmp_path / "st")
+    for tag in "abc":
+        for i in range(1, 60, 2):
+            state.put(Record(name=f"old-{tag}-{i}", provider="ssh", label="l", workdir="/w", jobs_command="j", tmux_socket="s"))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(state.dir), tag], env=env, stderr=subprocess.PIPE, text=True)
+             for tag in "abc"]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    # Each process's 60 puts and 30 removes, none lost to another's read-modify-write.
+    assert sorted(state.load()) == sorted(f"{tag}-{i}" for tag in "abc" for i in range(60))
 
 
 def test_plan_sends_the_rented_price_and_starts_the_budget_guard_after_the_steps_before_training(tmp_path):
