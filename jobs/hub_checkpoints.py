@@ -20,6 +20,7 @@ from huggingface_hub import HfApi, snapshot_download
 from jobs.hub import _endpoint, _hub_error, _token
 from trainer import checkpoint
 from trainer.errors import UserError
+from trainer.fileio import read_jsonl
 
 
 class CheckpointUploader:
@@ -97,8 +98,8 @@ def fetch_latest(repo_id: str, run: str, ckpt_dir: Path) -> Path | None:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     metrics = best / "metrics.jsonl"
     if metrics.is_file():  # the curve up to this checkpoint; training appends from here
-        lines = [ln for ln in metrics.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        (ckpt_dir.parent / "metrics.jsonl").write_text("".join(ln + "\n" for ln in lines))
+        rows = [r for r in read_jsonl(metrics) if r.get("step", 0) <= step]
+        (ckpt_dir.parent / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         metrics.unlink()
     best.rename(target)
     shutil.rmtree(staging, ignore_errors=True)

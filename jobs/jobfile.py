@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from trainer.fileio import atomic_write_json
+from trainer.fileio import atomic_write_json, read_jsonl
 
 STATES = ("running", "succeeded", "failed", "stopped")
 EXIT_STOPPED = 143  # 128 + SIGTERM, what a shell reports for a terminated job
@@ -77,7 +77,4 @@ def read_job(run_dir: str | Path) -> dict | None:
 
 
 def read_history(run_dir: str | Path) -> list[dict]:
-    p = Path(run_dir) / "jobs.jsonl"
-    if not p.exists():
-        return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return read_jsonl(Path(run_dir) / "jobs.jsonl")

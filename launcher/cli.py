@@ -41,7 +41,7 @@ from launcher.providers.vast import LOST, SELF_STOPPED
 from launcher.remote import CONNECTION_ERRORS, Remote, interactive_ssh, local_rsync, rsync_pull, sftp_pull
 from launcher.state import Estimate, JobInfo, Record, State
 from trainer.errors import UserError
-from trainer.fileio import atomic_write_json, atomic_write_text
+from trainer.fileio import atomic_write_json, atomic_write_text, read_jsonl
 from trainer.units import fmt_duration, fmt_tokens
 
 app = typer.Typer(
@@ -465,8 +465,8 @@ def upload_run(remote: Remote, run: str, checkpoint_dir: Path) -> None:
     remote.run(f"mkdir -p {shlex.quote(run_dir + '/checkpoints')}")
     sent = remote.upload_dir(checkpoint_dir, f"{run_dir}/checkpoints/{checkpoint_dir.name}")
     if (local / "metrics.jsonl").is_file():
-        rows = [line for line in (local / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        kept = "".join(f"{line}\n" for line in rows if json.loads(line).get("step", 0) <= step)  # later ones are made again
+        rows = read_jsonl(local / "metrics.jsonl")
+        kept = "".join(json.dumps(r) + "\n" for r in rows if r.get("step", 0) <= step)  # later ones are made again
         remote.write_file(f"{run_dir}/metrics.jsonl", kept.encode())
         # The local copy stays a prefix of the host's, so pulls keep appending just the new lines.
         atomic_write_text(local / "metrics.jsonl", kept)

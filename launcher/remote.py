@@ -38,6 +38,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from launcher.state import SSHTarget
 from trainer.errors import UserError
+from trainer.fileio import parse_jsonl
 
 console = Console(stderr=True)
 q = shlex.quote
@@ -198,9 +199,10 @@ class Remote:
         if raw is None:
             return None
         try:
-            return json.loads(raw)
+            found = json.loads(raw)
         except ValueError:
             return None  # caught mid-write by a writer that is not atomic; the next look sees it
+        return found if isinstance(found, dict) else None
 
     def exists(self, path: str) -> bool:
         try:
@@ -324,19 +326,9 @@ exit "$code"
 
     def last_metrics(self, run: str) -> Metrics:
         raw = self.read_file(f"{self.run_dir(run)}/metrics.jsonl", last_bytes=256 * 1024) or b""
-        train = eval_ = None
-        for line in reversed(raw.decode(errors="replace").splitlines()):
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a partial first line (we read the tail) or one being written
-            if train is None and row.get("kind") == "train":
-                train = row
-            if eval_ is None and row.get("kind") == "eval":
-                eval_ = row
-            if train and eval_:
-                break
-        return Metrics(train, eval_)
+        rows = parse_jsonl(raw.decode(errors="replace"))  # the tail's first line is cut: skipped like a partial last one
+        return Metrics(next((r for r in reversed(rows) if r.get("kind") == "train"), None),
+                       next((r for r in reversed(rows) if r.get("kind") == "eval"), None))
 
     def log_tail(self, session: str, lines: int = 20) -> str:
         raw = self.read_file(self.log_path(session), last_bytes=64 * 1024) or b""

@@ -10,6 +10,10 @@ instance. A dropped connection is retried; SSH failing for
 (outbid: `stopped`, `exited`, or gone) is destroyed, and with auto-resume a
 new one is rented and training continues from the latest pulled checkpoint.
 
+Any other error (a full laptop disk, a bug) is no reason to destroy an
+instance that may hold unpulled checkpoints: it is retried for as long, and
+then the watcher stops, leaving the instance on record, and says what to run.
+
 While it watches, it holds a sleep inhibitor (macOS `caffeinate`, Linux
 `systemd-inhibit`), so the laptop does not doze off while an instance bills.
 """
@@ -17,19 +21,22 @@ While it watches, it holds a sleep inhibitor (macOS `caffeinate`, Linux
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
+import paramiko
 from rich.console import Console
 
 from launcher.cli import Ctx, connect, deploy, do_pull, instance_lost, self_stopped_text, teardown
 from launcher.providers.vast import SELF_STOPPED, Ambiguous
-from launcher.remote import CONNECTION_ERRORS
 from launcher.state import Record
 from trainer.errors import UserError
 
@@ -70,15 +77,44 @@ def keep_awake(enabled: bool) -> Iterator[None]:
             proc.wait(timeout=5)
 
 
+# What a network that is down looks like; errors with another errno (ENOSPC, EACCES...) are the laptop's own.
+NETWORK_ERRNOS = {None, errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                  errno.ENETDOWN, errno.EHOSTDOWN, errno.ETIMEDOUT, errno.EPIPE}
+
+
+def unreachable(e: BaseException) -> bool:
+    """Whether `e` says the host (or Vast) could not be reached, as opposed to something going wrong here."""
+    if isinstance(e, (UserError, Ambiguous, paramiko.SSHException, EOFError, socket.timeout, socket.gaierror)):
+        return True
+    return isinstance(e, OSError) and e.filename is None and e.errno in NETWORK_ERRNOS
+
+
+def describe(e: BaseException) -> str:
+    """One line: the error and where it was raised."""
+    frame = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+    where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+    return f"{type(e).__name__}{where}: {e}"
+
+
 def follow(ctx: Ctx, auto_resume: bool) -> int:
     """Exit code: 0 when the job succeeded, 1 when it failed, was stopped, or its instance was lost for good."""
     with keep_awake(ctx.cfg.watch.keep_awake):
-        return _follow(ctx, auto_resume)
+        try:
+            return _follow(ctx, auto_resume)
+        except Exception as e:  # never a traceback that leaves an instance billing unnoticed
+            console.print(f"watch stopped: {e if isinstance(e, UserError) else describe(e)}", style="red", markup=False, highlight=False)
+            rec = ctx.state.get(ctx.name)
+            if rec is not None:
+                flag = "" if ctx.name == ctx.cfg.name else f" -n {ctx.name}"
+                what = f"instance {rec.instance_id}, maybe still billing," if rec.instance_id else f"deployment {rec.name!r}"
+                console.print(f"{what} stays on record: `launcher watch{flag}` watches it again, "
+                              f"`launcher down --pull{flag}` brings the results home and tears it down", markup=False, highlight=False)
+            return 1
 
 
 def _follow(ctx: Ctx, auto_resume: bool) -> int:
     w = ctx.cfg.watch
-    resumes, unreachable_since = 0, None
+    resumes, unreachable_since, failing_since = 0, None, None
     while True:
         rec = ctx.record()
         assert rec.job is not None, "watch needs a started job"
@@ -90,8 +126,16 @@ def _follow(ctx: Ctx, auto_resume: bool) -> int:
             state = None if lost else look(ctx, rec)
             if not lost:
                 do_pull(ctx, rec, None, report=state is not None)
-            unreachable_since = None
-        except (UserError, Ambiguous, *CONNECTION_ERRORS) as e:  # the laptop offline, the host or Vast not answering
+            unreachable_since = failing_since = None
+        except Exception as e:
+            if not unreachable(e):  # not the host's fault: retried, then left to the user, never taken for a loss
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since >= w.unreachable_timeout_s:
+                    raise
+                console.print(f"{describe(e)}; trying again", style="yellow", markup=False, highlight=False)
+                time.sleep(w.poll_interval_s)
+                continue
+            # the laptop offline, the host or Vast not answering
             unreachable_since = unreachable_since or time.monotonic()
             down_for = time.monotonic() - unreachable_since
             if down_for < w.unreachable_timeout_s:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from trainer.data import TokenData
+from trainer.fileio import read_jsonl
 
 
 @torch.no_grad()
@@ -36,10 +36,7 @@ def val_loss(model: torch.nn.Module, data: TokenData, n_windows: int, batch_size
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
 def plot_metrics(run_dir: str | Path) -> Path | None:

@@ -37,3 +37,23 @@ def atomic_write_json(path: str | Path, obj: Any, mode: int | None = None) -> No
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
+
+def parse_jsonl(text: str) -> list[dict]:
+    """The objects of a JSON-lines text. A line that does not parse is skipped: the last one while its
+    writer is mid-append, or one a killed writer left before a resumed run appended after it."""
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """`parse_jsonl` of a file (metrics.jsonl, jobs.jsonl); none when it is not there."""
+    path = Path(path)
+    return parse_jsonl(path.read_text(errors="replace")) if path.is_file() else []
+
