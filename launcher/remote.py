@@ -9,7 +9,9 @@
   byte offset, so a dropped connection resumes where it stopped.
 - `pull` uses rsync over the same SSH options (proxy included), with
   `--partial --append-verify` for append-only files, and falls back to SFTP
-  where rsync is missing.
+  where rsync is missing. The host is not trusted: either way only regular
+  files come, only inside the destination; a host's link is never recreated
+  here, and a link found here is replaced, never written through.
 - State comes from `job.json` and `metrics.jsonl`, never from log text.
 """
 
@@ -30,7 +32,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import paramiko
 from rich.console import Console
@@ -204,13 +206,6 @@ class Remote:
             return None  # caught mid-write by a writer that is not atomic; the next look sees it
         return found if isinstance(found, dict) else None
 
-    def exists(self, path: str) -> bool:
-        try:
-            self.sftp.stat(path)
-            return True
-        except FileNotFoundError:
-            return False
-
     # --- host layout --------------------------------------------------------------------
 
     @property
@@ -350,29 +345,28 @@ exit "$code"
     def has_rsync(self) -> bool:
         return self.run("command -v rsync >/dev/null", check=False).rc == 0
 
-    def pull_plan(self, run: str, checkpoints: list[str], files: list[str]) -> tuple[list[str], list[str]]:
-        """Paths relative to runs/<run>: (append-only ones, rewritten ones). Only those that exist."""
-        base = self.run_dir(run)
-        append_only: list[str] = []
-        rewritten = [f for f in files if f != "metrics.jsonl" and self.exists(f"{base}/{f}")]
-        if "metrics.jsonl" in files and self.exists(f"{base}/metrics.jsonl"):
-            append_only.append("metrics.jsonl")
+    def is_regular(self, path: str) -> bool:
+        """A regular file on the host, not a link to one (what a pull brings)."""
         try:
-            entries = {e.filename: e for e in self.sftp.listdir_attr(f"{base}/checkpoints")}
+            return stat.S_ISREG(self.sftp.lstat(path).st_mode or 0)
         except FileNotFoundError:
-            entries = {}
-        steps = sorted(n for n in entries if re.fullmatch(r"step_\d+", n))
-        wanted: list[str] = []
-        for name in checkpoints:
-            if name == "latest":
-                wanted += steps[-1:]
-            elif name in entries:  # best/final once written
-                wanted.append(name)
-                if stat.S_ISLNK(entries[name].st_mode or 0):
-                    # a link: bring the checkpoint it points to as well
-                    target = os.path.basename(self.sftp.readlink(f"{base}/checkpoints/{name}").rstrip("/"))
-                    if target in entries:
-                        wanted.append(target)
+            return False
+
+    def pull_plan(self, run: str, checkpoints: list[str], files: list[str]) -> tuple[list[str], list[str]]:
+        """Paths relative to runs/<run>: (append-only ones, rewritten ones). Only regular files and folders there."""
+        base = self.run_dir(run)
+        for f in files:
+            plain_relative(f)
+        append_only: list[str] = []
+        rewritten = [f for f in files if f != "metrics.jsonl" and self.is_regular(f"{base}/{f}")]
+        if "metrics.jsonl" in files and self.is_regular(f"{base}/metrics.jsonl"):
+            append_only.append("metrics.jsonl")
+        try:  # the entries' own modes (lstat): a link to a folder is no checkpoint
+            folders = {e.filename for e in self.sftp.listdir_attr(f"{base}/checkpoints") if stat.S_ISDIR(e.st_mode or 0)}
+        except FileNotFoundError:
+            folders = set()
+        steps = sorted(n for n in folders if re.fullmatch(r"step_\d+", n))
+        wanted = [n for name in checkpoints for n in (steps[-1:] if name == "latest" else [name] if name in folders else [])]
         for n in dict.fromkeys(wanted):
             # step_N/ and final/ are written once (renamed into place); best/ is replaced by each better
             # eval, and a same-size file would look complete to an append.
@@ -419,15 +413,25 @@ _STAT_FILES = re.compile(r"Number of regular files transferred: ([\d,.]+)")
 _STAT_BYTES = re.compile(r"Total transferred file size: ([\d,.]+)")
 
 
+def plain_relative(rel: str) -> PurePosixPath:
+    """`rel` as a path that stays inside the folder it is taken from: relative, no `..`, no empty part."""
+    path = PurePosixPath(rel)
+    if not rel or path.is_absolute() or any(p in ("..", ".") for p in path.parts) or "\0" in rel or str(path) != rel:
+        raise UserError(f"{rel!r} is not a plain relative path inside the run folder")
+    return path
+
+
 def rsync_pull(ssh_config: Path, alias: str, remote_dir: str, paths: list[str], dest: Path, append: bool, label: str) -> PullResult:
     """rsync `paths` (relative to remote_dir) into dest, with a progress bar from --info=progress2."""
     if not paths:
         return PullResult(0, 0)
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".files", delete=False) as f:
-        f.write("\n".join(paths) + "\n")
+        f.write("\n".join(str(plain_relative(p)) for p in paths) + "\n")
         list_file = f.name
-    argv = ["rsync", "-a", "-r", "--partial", "--files-from", list_file, "--info=progress2", "--no-inc-recursive", "--stats"]
+    # -r -t, not -a: its -l, -D and -p would recreate the host's links, devices and modes here. Links are
+    # skipped ("skipping non-regular file"), and rsync replaces a link it finds here instead of following it.
+    argv = ["rsync", "-r", "-t", "--partial", "--files-from", list_file, "--info=progress2", "--no-inc-recursive", "--stats"]
     # Checkpoints and metrics only ever grow or are renamed into place: append
     # (verified) moves just the new bytes and resumes a cut transfer.
     argv += ["--append-verify"] if append else []
@@ -459,42 +463,40 @@ def _num(s: str) -> int:
 
 
 def sftp_pull(remote: Remote, remote_dir: str, paths: list[str], dest: Path, append: bool, label: str) -> PullResult:
-    """The same as rsync_pull over SFTP: resume append-only files, refetch changed ones."""
+    """The same as rsync_pull over SFTP: resume append-only files, refetch changed ones.
+
+    Like rsync, it brings regular files only (links, devices and sockets on the host are skipped), each
+    written at a path of the host's names checked to stay in `dest`, through no link found here.
+    """
     todo: list[tuple[str, paramiko.SFTPAttributes]] = []
 
     def walk(rel: str) -> None:
         attrs = remote.sftp.lstat(f"{remote_dir}/{rel}")
-        if stat.S_ISLNK(attrs.st_mode or 0):
-            link = dest / rel
-            target = remote.sftp.readlink(f"{remote_dir}/{rel}")
-            if not (link.is_symlink() and os.readlink(link) == target):
-                link.parent.mkdir(parents=True, exist_ok=True)
-                link.unlink(missing_ok=True)
-                os.symlink(target, link)
-        elif stat.S_ISDIR(attrs.st_mode or 0):
-            (dest / rel).mkdir(parents=True, exist_ok=True)
+        if stat.S_ISDIR(attrs.st_mode or 0):
             for e in remote.sftp.listdir_attr(f"{remote_dir}/{rel}"):
-                walk(f"{rel}/{e.filename}")
-        else:
+                walk(str(plain_relative(f"{rel}/{e.filename}")))
+        elif stat.S_ISREG(attrs.st_mode or 0):
             todo.append((rel, attrs))
 
     for rel in paths:
-        walk(rel)
+        walk(str(plain_relative(rel)))
     result = PullResult(0, 0)
     total = sum(a.st_size or 0 for _, a in todo)
     with Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console, transient=True) as bar:
         task = bar.add_task(label, total=total)
         for rel, attrs in todo:
-            local = dest / rel
+            local = local_file(dest, rel)
             size = attrs.st_size or 0
-            have = local.stat().st_size if local.exists() else 0
-            same = local.exists() and have == size and int(local.stat().st_mtime) == int(attrs.st_mtime or 0)
+            mine = local.lstat() if local.exists() else None
+            have = mine.st_size if mine else 0
+            same = mine is not None and have == size and int(mine.st_mtime) == int(attrs.st_mtime or 0)
             if same or (append and have == size):
                 bar.advance(task, size)
                 continue
             start = have if append and have < size else 0
-            local.parent.mkdir(parents=True, exist_ok=True)
-            with remote.sftp.open(f"{remote_dir}/{rel}", "rb") as src, open(local, "ab" if start else "wb") as dst:
+            # O_NOFOLLOW: should a link appear here after all, the open fails instead of writing through it.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if start else os.O_TRUNC)
+            with remote.sftp.open(f"{remote_dir}/{rel}", "rb") as src, os.fdopen(os.open(local, flags, 0o644), "wb") as dst:
                 src.seek(start)
                 bar.advance(task, start)
                 while chunk := src.read(1 << 20):
@@ -504,6 +506,25 @@ def sftp_pull(remote: Remote, remote_dir: str, paths: list[str], dest: Path, app
             os.utime(local, (attrs.st_atime or time.time(), attrs.st_mtime or time.time()))
             result.files += 1
     return result
+
+
+def local_file(dest: Path, rel: str) -> Path:
+    """dest/rel, every folder on the way a real one: a link or a file in the way (an older pull's) is replaced,
+    never followed. The file itself is no link either."""
+    *folders, name = plain_relative(rel).parts
+    here = dest
+    dest.mkdir(parents=True, exist_ok=True)
+    for part in folders:
+        here = here / part
+        if here.is_symlink() or (here.exists() and not here.is_dir()):
+            here.unlink()
+        here.mkdir(parents=True, exist_ok=True)
+    path = here / name
+    if path.is_symlink():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+    return path
 
 
 def local_rsync() -> bool:

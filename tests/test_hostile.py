@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 from badinput import assert_refused, snapshot
+from launcher.remote import Remote, rsync_pull, sftp_pull
 from test_launcher_host import REPO, TOKEN, World, client_key
+from trainer.errors import UserError
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists(),
                                 reason="needs root (the stand-in's instances log in as root) and openssh-server")
@@ -37,6 +39,80 @@ def world(tmp_path, monkeypatch):
 def fast_watch(world: World, **pull) -> None:
     world.write_config(watch={"poll_interval_s": 0.3, "unreachable_timeout_s": 3},
                        pull={"dest": str(world.tmp / "local-runs"), **pull})
+
+
+# --- a host that plants links ----------------------------------------------------------
+
+
+def links_under(root: Path) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.is_symlink()]
+
+
+@pytest.mark.parametrize("method", ["rsync", "sftp"])
+def test_a_host_that_plants_links_and_swaps_files_never_gets_a_pull_to_write_outside(world, capfd, method):
+    fast_watch(world, method=method)
+    world.cli(capfd, "up")
+    world.wait_job_state("smoke", ("succeeded",))
+    secret = world.tmp / "laptop-secret.txt"  # files of the laptop's a hostile host would like to overwrite
+    secret.write_text("precious\n")
+    laptop_dir = world.tmp / "laptop-dir"
+    laptop_dir.mkdir()
+    laptop = snapshot(secret, laptop_dir)
+    host = world.workdir / "runs" / "smoke"
+    ckpts = host / "checkpoints"
+    # The host plants links where pulled files and folders go, to the laptop's paths, absolute and relative.
+    (host / "fixed_prompt_samples.txt").unlink()
+    (host / "fixed_prompt_samples.txt").symlink_to(secret)
+    (host / "eval.json").unlink()
+    (host / "eval.json").symlink_to(os.path.relpath(secret, host / "eval.json"))
+    (ckpts / "step_000009").symlink_to(laptop_dir)  # would be the latest checkpoint
+    (ckpts / "step_000006" / "notes.txt").symlink_to(secret)  # inside a checkpoint that is pulled
+    subprocess.run(["rm", "-rf", str(ckpts / "best")], check=True)
+    (ckpts / "best").symlink_to(laptop_dir)
+
+    _, err = world.cli(capfd, "pull")
+    assert f"via {method}" in err
+    local = world.tmp / "local-runs" / "smoke"
+    assert links_under(local) == [] and snapshot(secret, laptop_dir) == laptop
+    assert sorted(p.name for p in (local / "checkpoints").iterdir()) == ["step_000006"]  # no link taken for a checkpoint
+    assert (local / "checkpoints" / "step_000006" / "model.safetensors").stat().st_size == 300_000
+    assert not (local / "checkpoints" / "step_000006" / "notes.txt").exists()
+    assert not (local / "fixed_prompt_samples.txt").exists() and not (local / "eval.json").exists()
+
+    # Then it swaps regular files in, where an older launcher's pull had left links here.
+    (local / "fixed_prompt_samples.txt").symlink_to(secret)
+    (local / "checkpoints" / "best").symlink_to(laptop_dir)
+    for planted in (host / "fixed_prompt_samples.txt", ckpts / "best"):
+        planted.unlink()
+    (host / "fixed_prompt_samples.txt").write_text("HOSTILE\n")
+    (ckpts / "best").mkdir()
+    (ckpts / "best" / "model.safetensors").write_text("HOSTILE\n")
+    world.cli(capfd, "pull")
+    assert snapshot(secret, laptop_dir) == laptop  # neither link was written through
+    assert links_under(local) == []
+    assert (local / "fixed_prompt_samples.txt").read_text() == "HOSTILE\n"
+    assert (local / "checkpoints" / "best" / "model.safetensors").read_text() == "HOSTILE\n"
+
+    # A host that swaps a link in between the plan and the transfer: the transfer itself skips it.
+    (host / "job.json").unlink()
+    (host / "job.json").symlink_to(secret)
+    (local / "job.json").unlink()
+    rec = world.state.get("default")
+    remote = Remote(rec.ssh, rec.workdir, rec.tmux_socket).connect(timeout_s=20, quiet=True)
+    if method == "rsync":
+        def pull(paths):
+            return rsync_pull(world.state.ssh_config_path(rec.name), rec.name, str(host), paths, local, append=False, label="pull")
+    else:
+        def pull(paths):
+            return sftp_pull(remote, str(host), paths, local, append=False, label="pull")
+    try:
+        pull(["job.json", "checkpoints/step_000006"])
+        assert not (local / "job.json").exists() and links_under(local) == [] and snapshot(secret, laptop_dir) == laptop
+        with pytest.raises(UserError, match="not a plain relative path"):  # and no path leads out of the run folder
+            pull(["../../../laptop-secret.txt"])
+    finally:
+        remote.close()
+    world.cli(capfd, "down")
 
 
 # --- partial lines ----------------------------------------------------------------------

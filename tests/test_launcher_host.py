@@ -41,7 +41,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/sshd").
 
 # A stand-in for the `jobs` CLI that keeps the host contract: job.json, metrics.jsonl, checkpoints.
 FAKE_JOBS = r'''
-import hashlib, json, os, re, signal, sys, time
+import hashlib, json, os, re, shutil, signal, sys, time
 from pathlib import Path
 
 def write_json(path, obj):
@@ -88,7 +88,7 @@ try:
     with open(d / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"kind": "eval", "step": steps, "tokens": steps * 1024, "val_loss": 1.2345, "time": time.time()}) + "\n")
     best = d / "checkpoints" / "best"
-    if not best.is_symlink(): best.symlink_to(sorted(p.name for p in (d / "checkpoints").glob("step_*"))[-1])
+    if not best.exists(): shutil.copytree(sorted((d / "checkpoints").glob("step_*"))[-1], best)  # a folder, as the trainer writes
     (d / "fixed_prompt_samples.txt").write_text("Once upon a time there was a tiny model.\n")
     (d / "eval.json").write_text(json.dumps({"val_loss": 1.2345, "perplexity": 3.437}))
     finish("succeeded", 0)
@@ -252,8 +252,8 @@ def test_vast_up_status_logs_pull_down(world, capfd):
     _, err = world.cli(capfd, "pull")
     assert "via rsync" in err
     ckpts = sorted(p.name for p in (local / "checkpoints").iterdir())
-    assert ckpts == ["best", "step_000012"]  # latest, and best (a link) with what it points to
-    assert (local / "checkpoints" / "best").is_symlink() and (local / "checkpoints" / "best" / "model.safetensors").exists()
+    assert ckpts == ["best", "step_000012"]  # latest, and best
+    assert (local / "checkpoints" / "best" / "model.safetensors").stat().st_size == 300_000
     assert (local / "fixed_prompt_samples.txt").read_text().startswith("Once upon")
     assert json.loads((local / "job.json").read_text())["state"] == "succeeded"
     assert (local / "metrics.jsonl").read_text() == (world.workdir / "runs" / "smoke" / "metrics.jsonl").read_text()
@@ -469,7 +469,7 @@ def test_plain_ssh_through_an_ssh_config_entry_and_sftp_pull(world, capfd):
     assert "via sftp" in err
     local = world.tmp / "local-runs" / "smoke"
     assert (local / "checkpoints" / "step_000006" / "model.safetensors").stat().st_size == 300_000
-    assert (local / "checkpoints" / "best").is_symlink()
+    assert (local / "checkpoints" / "best" / "state.json").is_file()
     _, err = world.cli(capfd, "pull")
     assert "pulled 0 files" in err
     world.cli(capfd, "down")
