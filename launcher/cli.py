@@ -507,7 +507,7 @@ def abandon(ctx: Ctx, prov: Provider, rec: Record, error: BaseException) -> None
         ctx.state.remove(rec.name)
         return
     try:
-        instance_id = rec.instance_id or _find_by_label(prov, rec.label)
+        instance_id = rec.instance_id or instance_id_by_label(prov, rec.label)
         if instance_id:
             console.print(f"[yellow]up {why}: destroying instance {instance_id}[/]")
             prov.destroy(instance_id)
@@ -517,8 +517,14 @@ def abandon(ctx: Ctx, prov: Provider, rec: Record, error: BaseException) -> None
                       f"it stays recorded: run `launcher down -n {rec.name}`[/]")
 
 
-def _find_by_label(prov: Provider, label: str) -> str | None:
-    return next((i.id for i in prov.list() if i.label == label), None)
+def find_by_label(prov: Provider, label: str) -> Instance | None:
+    """The instance a crash between the create call and its answer left unrecorded but for its label."""
+    return next((i for i in prov.list() if i.label == label), None)
+
+
+def instance_id_by_label(prov: Provider, label: str) -> str | None:
+    found = find_by_label(prov, label)
+    return found.id if found else None
 
 
 # --- status ----------------------------------------------------------------------------
@@ -532,12 +538,20 @@ def status(name: NameOpt = None, launcher_config: LauncherConfigOpt = None, opt:
     table = Table(show_header=False, title=f"deployment {rec.name}")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("provider", rec.provider + (f"  instance {rec.instance_id}" if rec.instance_id else ""))
-    inst = provider_for(ctx, rec).get(rec.instance_id) if rec.instance_id else None
-    if rec.instance_id:
+    prov = provider_for(ctx, rec)
+    inst = prov.get(rec.instance_id) if rec.instance_id else None
+    unrecorded = find_by_label(prov, rec.label) if prov.rents and not rec.instance_id else None  # as ls and down find it
+    instance_id = rec.instance_id or (unrecorded.id if unrecorded else None)
+    table.add_row("provider", rec.provider + (f"  instance {instance_id}" if instance_id else ""))
+    if unrecorded is not None:
+        table.add_row("instance", f"{unrecorded.status}, found by its label {rec.label} (its create was never answered): "
+                                  f"`launcher down{'' if ctx.name == ctx.cfg.name else f' -n {ctx.name}'}` destroys it")
+    elif rec.instance_id:
         table.add_row("instance", "gone" if inst is None else (inst.status + (f" ({inst.message})" if inst.message else "")))
-        if inst is not None and inst.status == SELF_STOPPED:
-            table.add_row("next", self_stopped_text(rec))
+    elif prov.rents:
+        table.add_row("instance", f"none labelled {rec.label} (never created, or destroyed)")
+    if inst is not None and inst.status == SELF_STOPPED:
+        table.add_row("next", self_stopped_text(rec))
     if rec.ssh:
         table.add_row("ssh", f"{rec.ssh.user}@{rec.ssh.host}:{rec.ssh.port}")
     eta_s = None
@@ -569,14 +583,24 @@ def status(name: NameOpt = None, launcher_config: LauncherConfigOpt = None, opt:
                 eta_s = None
         finally:
             remote.close()
+    table.add_row("cost", cost_text(rec, unrecorded, eta_s, prov.rents))
+    out.print(table)
+
+
+def cost_text(rec: Record, unrecorded: Instance | None, eta_s: float | None, rents: bool) -> str:
+    if unrecorded is not None:  # the record never learnt its price or start: the instance's own
+        since = unrecorded.created_at or rec.created_at
+        return (f"billing: ${(time.time() - since) / 3600 * unrecorded.price_per_hour:.2f} spent, "
+                f"{fmt_duration(time.time() - since)} at ${unrecorded.price_per_hour:.3f}/h")
+    if not rec.price_per_hour:
+        return "nothing billing" if rents else "free (not rented by the launcher)"
     spent = rec.spent()
     money = f"${spent:.2f} spent"
     money += f" (${rec.spent_before:.2f} on earlier instances)" if rec.spent_before else ""
     money += f", {fmt_duration(time.time() - rec.created_at)} at ${rec.price_per_hour:.3f}/h"
-    if eta_s and rec.price_per_hour:
+    if eta_s:
         money += f"; projected ${spent + eta_s / 3600 * rec.price_per_hour:.2f} at the end"
-    table.add_row("cost", money if rec.price_per_hour else "free (not rented by the launcher)")
-    out.print(table)
+    return money
 
 
 def fmt_measured(m: dict, price_per_hour: float) -> str:
@@ -762,7 +786,7 @@ def teardown(ctx: Ctx, rec: Record, pull_first: bool = False, stop_job: bool = T
                 raise
             console.print(f"[yellow]could not reach the host to stop the job ({e}); destroying it anyway[/]")
     if prov.rents:
-        instance_id = rec.instance_id or _find_by_label(prov, rec.label)
+        instance_id = rec.instance_id or instance_id_by_label(prov, rec.label)
         if instance_id:
             gone = not prov.destroy(instance_id)
             console.print(f"instance {instance_id} {'was already gone' if gone else 'destroyed'}")

@@ -208,6 +208,26 @@ def test_an_ambiguous_create_is_looked_up_by_label_not_retried(vast):
     assert sum(1 for m, _, _ in vast.requests if m == "PUT") == 1 and len(vast.instances) == 1
 
 
+def test_status_finds_by_label_an_instance_whose_create_was_never_answered(tmp_path, capfd, vast, monkeypatch):
+    from launcher import cli
+
+    monkeypatch.setattr(cli.out, "width", 250)  # one line per row
+    state = State(tmp_path / "state")
+    label = "llm-forge-default-1700000000"
+    # What `up` records before the create call: a crash before its answer leaves only this.
+    state.put(Record(name="default", provider="vast", label=label, workdir="/workspace", jobs_command="env jobs",
+                     tmux_socket="llm-forge"))
+    p = provider()
+    inst = p.create(p.find()[0], label)
+    flags = ["-o", f"state_dir={state.dir}"]
+    code, out, err = run_cli(capfd, "status", *flags)
+    assert code == 0, err
+    assert f"instance {inst.id}" in out and f"found by its label {label}" in out
+    assert "billing: $" in out and "at $0.300/h" in out and "free" not in out
+    code, _, err = run_cli(capfd, "down", *flags)
+    assert code == 0 and f"instance {inst.id} destroyed" in err and vast.instances == {} and state.load() == {}
+
+
 def test_statuses_advance_to_running_and_the_ssh_endpoint_comes_from_one_source(vast):
     vast.polls_per_status = 2
     p = provider()
