@@ -779,8 +779,9 @@ def teardown(ctx: Ctx, rec: Record, pull_first: bool = False, stop_job: bool = T
             remote.stop_job(rec.job.session, rec.job.run)
             if rec.job.guard_session:
                 remote.stop_job(rec.job.guard_session, None, grace_s=10)
+            remote.remove_env()
             remote.close()
-            console.print(f"stopped the job in tmux session {rec.job.session!r}")
+            console.print(f"stopped the job in tmux session {rec.job.session!r} and removed the env file (secrets) from the host")
         except UserError as e:
             if not prov.rents:
                 raise

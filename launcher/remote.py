@@ -221,11 +221,19 @@ class Remote:
     def run_dir(self, run: str) -> str:
         return f"{self.workdir}/runs/{run}"
 
+    @property
+    def env_file(self) -> str:
+        return f"{self.control_dir}/env"
+
     def prepare(self, env: dict[str, str]) -> None:
         """Working dir, control dir (0700) and the env file (0600) the job sources."""
         self.run(f"mkdir -p {q(self.workdir)} && mkdir -p -m 700 {q(self.control_dir)} && chmod 700 {q(self.control_dir)}")
         lines = [f"{k}={q(v)}" for k, v in sorted(env.items())]
-        self.write_file(f"{self.control_dir}/env", ("\n".join(lines) + "\n").encode(), mode=0o600)
+        self.write_file(self.env_file, ("\n".join(lines) + "\n").encode(), mode=0o600)
+
+    def remove_env(self) -> None:
+        """The env file holds secrets (HF_TOKEN): a host we do not destroy keeps none once we leave."""
+        self.run(f"rm -f {q(self.env_file)}")
 
     def install_wheel(self, wheel: Path, install_command: str) -> bool:
         """Upload and install this project's wheel; reuse it when the same one is installed. True if installed now."""
@@ -262,7 +270,7 @@ class Remote:
         """Run `steps` (shell commands, in order, stopping at the first failure) in tmux."""
         if self.job_alive(session):
             raise UserError(f"a job is already running on the host in tmux session {session!r}: `launcher down` stops it")
-        log, exit_file, env = self.log_path(session), self.exit_path(session), f"{self.control_dir}/env"
+        log, exit_file, env = self.log_path(session), self.exit_path(session), self.env_file
         body = "\n".join(f"    {s}" for s in steps)
         script = f"""#!/bin/sh
 # Written by `launcher up`. Runs the job; its output goes to the log, its exit code to the .exit file.

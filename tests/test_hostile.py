@@ -163,3 +163,22 @@ def test_the_watcher_survives_an_unexpected_error_and_keeps_the_instance(world, 
     assert "job train succeeded" in err and f"instance {iid} destroyed" in err
     assert (world.tmp / "local-runs" / "smoke" / "report.md").is_file()
     assert world.vast.instances == {} and world.state.load() == {}
+
+
+# --- secrets on a host we do not destroy ------------------------------------------------
+
+
+def test_down_on_an_ssh_host_takes_the_env_file_with_the_token_away(world, capfd):
+    key = client_key(world)
+    (world.home / ".ssh" / "config").write_text(
+        f"Host gpubox\n  HostName 127.0.0.1\n  Port {world.relay.port}\n  User root\n  IdentityFile {key}\n")
+    world.write_config(provider="ssh")
+    world.cli(capfd, "up", "--host", "gpubox")
+    world.wait_job_state("smoke", ("succeeded",))
+    env_file = world.workdir / ".launcher" / "env"
+    assert TOKEN in env_file.read_text()  # what the job sourced
+    _, err = world.cli(capfd, "down")
+    assert "removed the env file" in err and not env_file.exists()
+    leaks = [p for p in world.workdir.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert leaks == [] and world.state.load() == {}
+    assert (world.workdir / "runs" / "smoke" / "checkpoints").is_dir()  # the host's results stay: it is the user's machine
