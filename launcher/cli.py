@@ -39,7 +39,7 @@ from launcher.providers import Instance, Provider, get_provider
 from launcher.providers.base import Offer
 from launcher.providers.vast import LOST, SELF_STOPPED
 from launcher.remote import CONNECTION_ERRORS, Remote, interactive_ssh, local_rsync, rsync_pull, sftp_pull
-from launcher.state import Estimate, JobInfo, Record, State
+from launcher.state import Estimate, JobInfo, Record, State, check_name
 from trainer.errors import UserError
 from trainer.fileio import atomic_write_json, atomic_write_text, read_jsonl
 from trainer.units import fmt_duration, fmt_tokens
@@ -81,7 +81,8 @@ class Ctx:
 
 def setup(launcher_config: Path | None, opts: list[str] | None, name: str | None) -> Ctx:
     cfg = load_launcher_config(launcher_config, opts or [])
-    return Ctx(cfg, State(cfg.state_dir), name or cfg.name)
+    # The name becomes file names under state_dir, a Host in ssh_config and part of the Vast label.
+    return Ctx(cfg, State(cfg.state_dir), check_name("deployment name (--name, or `name` in the launcher config)", name or cfg.name))
 
 
 def connect(ctx: Ctx, rec: Record, timeout_s: float | None = None, quiet: bool = True) -> Remote:
@@ -230,7 +231,7 @@ def plan_job(cfg: LauncherConfig, job: str, hourly_rate: float | None = None, si
     sets = jc.set + ([f"cost.hourly_rate={hourly_rate}"] if hourly_rate is not None else [])
     config = jc.config or "train.yaml"
     train_cfg = load(None if jc.smoke else Path(config), sets, jc.smoke)  # a bad key stops here with one line
-    run = train_cfg.train.run_name
+    run = check_name("run name (train.run_name)", train_cfg.train.run_name)  # a folder here and on the host
     uploads: dict[str, bytes] = {}
     if jc.smoke:  # the host has configs/smoke.yaml; overrides travel as flags (never secrets)
         flag = " ".join(["--smoke", *(f"--set {shlex.quote(s)}" for s in sets)])
@@ -748,6 +749,8 @@ def down(
     """Optionally pull, then stop the job and destroy the instance. Safe to repeat."""
     ctx = setup(launcher_config, opt, name)
     if instance_id:
+        if not (instance_id.isascii() and instance_id.isdigit()):  # it goes into the API's URL path
+            raise UserError(f"--instance-id {instance_id!r} is not a Vast instance id (a number, as `launcher ls` shows)")
         gone = not get_provider(ctx.cfg, "vast").destroy(instance_id)
         console.print(f"instance {instance_id} {'was already gone' if gone else 'destroyed'}")
         return
@@ -838,7 +841,7 @@ def ssh(
     if attach:
         if rec.job is None:
             raise UserError("no job to attach to")
-        command = f"tmux -L {rec.tmux_socket} attach -t {rec.job.session}"
+        command = f"tmux -L {shlex.quote(rec.tmux_socket)} attach -t {shlex.quote(rec.job.session)}"
     raise typer.Exit(interactive_ssh(ssh_config, rec.name, command))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,22 @@ from trainer.errors import UserError
 from trainer.fileio import atomic_write_json, atomic_write_text
 
 
+# Names that end up in paths, tmux and shell commands and ssh_config: plain ones only, so that quoting is
+# a second line of defence rather than the only one. None may start with "-" (an option to ssh or tmux).
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+")  # a DNS name, IPv4 or IPv6
+USER = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,31}")
+HOST_KEY = re.compile(r"[a-z0-9@.-]+ [A-Za-z0-9+/]+={0,2}")
+
+
+def check_name(what: str, value: str) -> str:
+    """`value` if it is a plain name (a deployment, a run), else a UserError naming `what`."""
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise UserError(f"{what} {value!r} is not a plain name: 1-64 letters, digits, '.', '_' or '-', "
+                        "starting with a letter or digit")
+    return value
+
+
 @dataclass
 class SSHTarget:
     host: str
@@ -33,6 +50,21 @@ class SSHTarget:
     key_file: str | None = None
     proxy_command: str | None = None  # with %h %p %r as in ssh_config
     host_key: str | None = None  # "<type> <base64>", pinned on first contact
+
+    def __post_init__(self) -> None:
+        # Whoever named it (a flag, ~/.ssh/config, Vast's API), it is written into ssh_config and argv.
+        if not HOST.fullmatch(str(self.host)):
+            raise UserError(f"SSH host {self.host!r} is not a host name or an IP address")
+        if not USER.fullmatch(str(self.user)):
+            raise UserError(f"SSH user {self.user!r} is not a plain user name")
+        if not isinstance(self.port, int) or not 0 < self.port < 65536:
+            raise UserError(f"SSH port {self.port!r} is not a port number (1-65535)")
+        if self.key_file is not None and any(c in self.key_file for c in '"\n\r\0'):
+            raise UserError(f"SSH key path {self.key_file!r} holds a quote or a line break")
+        if self.proxy_command is not None and any(c in self.proxy_command for c in "\n\r\0"):
+            raise UserError("the SSH proxy command holds a line break")
+        if self.host_key is not None and not HOST_KEY.fullmatch(self.host_key):
+            raise UserError(f"pinned host key {self.host_key[:40]!r} is not '<type> <base64>'")
 
 
 @dataclass
@@ -118,6 +150,8 @@ class State:
             records[record.name] = record
 
     def remove(self, name: str) -> None:
+        if name not in self.load():  # nothing to forget, and nothing made on disk (not even the lock)
+            return
         with self._changing() as records:
             records.pop(name, None)
 

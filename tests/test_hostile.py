@@ -22,6 +22,7 @@ import pytest
 
 from badinput import assert_refused, snapshot
 from launcher.remote import Remote, rsync_pull, sftp_pull
+from conftest import run_launcher
 from test_launcher_host import REPO, TOKEN, World, client_key
 from trainer.errors import UserError
 
@@ -182,3 +183,37 @@ def test_down_on_an_ssh_host_takes_the_env_file_with_the_token_away(world, capfd
     leaks = [p for p in world.workdir.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
     assert leaks == [] and world.state.load() == {}
     assert (world.workdir / "runs" / "smoke" / "checkpoints").is_dir()  # the host's results stay: it is the user's machine
+
+
+# --- names that reach a shell, a path or ssh_config -------------------------------------
+
+HOSTILE_NAMES = [
+    (["up", "--name", "x; touch pwned #"], "deployment name (--name"),
+    (["up", "--name", "../../escaped"], "deployment name (--name"),
+    (["up", "--name", "-oProxyCommand=touch_pwned"], "deployment name (--name"),
+    (["status", "--name", "a b"], "deployment name (--name"),
+    (["down", "--name", "$(touch pwned)"], "deployment name (--name"),
+    (["up", "-o", "name=x/y"], "deployment name (--name"),
+    (["up", "--set", "train.run_name=../../../escaped"], "run name (train.run_name)"),
+    (["up", "--set", "train.run_name=r; touch pwned"], "run name (train.run_name)"),
+    (["up", "--set", "train.run_name=r\nHost *"], "run name (train.run_name)"),
+    (["up", "--provider", "ssh", "--host", "gpubox; touch pwned"], "SSH host"),
+    (["up", "--provider", "ssh", "--host", "-oProxyCommand=touch pwned"], "SSH host"),
+    (["up", "--provider", "ssh", "--host", "evilbox"], "SSH user"),  # ~/.ssh/config names a user with a space
+    (["up", "--provider", "colab", "--host", "x.trycloudflare.com\n  ProxyCommand touch pwned"], "SSH host"),
+    (["down", "--instance-id", "../ssh"], "is not a Vast instance id"),
+]
+
+
+@pytest.mark.parametrize("argv,match", HOSTILE_NAMES, ids=[" ".join(a)[:40] for a, _ in HOSTILE_NAMES])
+def test_a_name_that_would_reach_a_shell_path_or_ssh_config_is_refused(world, capfd, argv, match):
+    key = client_key(world)
+    (world.home / ".ssh" / "config").write_text(
+        f"Host evilbox\n  HostName 127.0.0.1\n  Port {world.relay.port}\n  User \"root touch\"\n  IdentityFile {key}\n")
+    world.write_config(ssh_key=key)
+    roots = (world.state.dir, world.home, world.workdir.parent, world.tmp / "local-runs")
+    before = snapshot(*roots)
+    code, _, err = run_launcher(capfd, *argv)
+    assert_refused(code, err, before, snapshot(*roots), match)
+    assert world.vast.instances == {} and not any(m in ("PUT", "POST") for m, _, _ in world.vast.requests)  # nothing rented
+    assert not list(world.tmp.rglob("*pwned*")) and not list(REPO.glob("*pwned*"))
