@@ -422,9 +422,11 @@ _STAT_BYTES = re.compile(r"Total transferred file size: ([\d,.]+)")
 
 
 def plain_relative(rel: str) -> PurePosixPath:
-    """`rel` as a path that stays inside the folder it is taken from: relative, no `..`, no empty part."""
+    """`rel` as a path that stays inside the folder it is taken from: relative, no `..`, no empty part,
+    no control character (rsync's --files-from list is one path a line)."""
     path = PurePosixPath(rel)
-    if not rel or path.is_absolute() or any(p in ("..", ".") for p in path.parts) or "\0" in rel or str(path) != rel:
+    if (not rel or path.is_absolute() or any(p in ("..", ".") for p in path.parts) or str(path) != rel
+            or any(ord(c) < 32 for c in rel)):
         raise UserError(f"{rel!r} is not a plain relative path inside the run folder")
     return path
 
@@ -474,7 +476,7 @@ def sftp_pull(remote: Remote, remote_dir: str, paths: list[str], dest: Path, app
     """The same as rsync_pull over SFTP: resume append-only files, refetch changed ones.
 
     Like rsync, it brings regular files only (links, devices and sockets on the host are skipped), each
-    written at a path of the host's names checked to stay in `dest`, through no link found here.
+    to a path checked to stay inside `dest`, and never through a link found there.
     """
     todo: list[tuple[str, paramiko.SFTPAttributes]] = []
 
