@@ -134,7 +134,7 @@ def test_a_metrics_line_cut_mid_write_crashes_neither_pull_status_watch_nor_jobs
     local = world.tmp / "local-runs" / "smoke"
     assert (local / "metrics.jsonl").read_text().endswith('"step": 7, "lo')  # brought as it is...
     assert "| steps | 6 |" in (local / "report.md").read_text()  # ...and read without the cut line
-    jobs = subprocess.run([sys.executable, "-m", "jobs.runner", "status", "smoke", "--json"], cwd=world.workdir.parent / "workspace",
+    jobs = subprocess.run([sys.executable, "-m", "jobs.runner", "status", "smoke", "--json"], cwd=world.workdir,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
     assert jobs.returncode == 0, jobs.stderr
     assert json.loads(jobs.stdout)["last_metrics"]["step"] == 6
