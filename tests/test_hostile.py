@@ -3,11 +3,11 @@
 - a host that plants links and swaps files never gets a pull to write outside its folder or through a link;
 - a metrics.jsonl cut mid-line crashes nothing: pull, status, watch, `jobs status`;
 - the watcher survives an unexpected error without giving up the instance;
-- `status` finds an instance whose create answer was lost, by its label, as `ls` and `down` do;
 - `down` takes the env file holding HF_TOKEN off an ssh host;
 - names that reach a shell, a path or ssh_config are refused unless they are plain.
 
 The host runs the stand-in `jobs` of test_launcher_host (the job.json / metrics / checkpoint contract).
+The crafted pickle is in test_train, the concurrent state writers and `status` by label in test_launcher_units.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from badinput import assert_refused, snapshot
-from launcher.remote import Remote, rsync_pull, sftp_pull
 from conftest import run_launcher
+from launcher.remote import Remote, rsync_pull, sftp_pull
 from test_launcher_host import REPO, TOKEN, World, client_key
 from trainer.errors import UserError
 
@@ -37,7 +37,7 @@ def world(tmp_path, monkeypatch):
     w.close()
 
 
-def fast_watch(world: World, **pull) -> None:
+def configure(world: World, **pull) -> None:
     world.write_config(watch={"poll_interval_s": 0.3, "unreachable_timeout_s": 3},
                        pull={"dest": str(world.tmp / "local-runs"), **pull})
 
@@ -51,7 +51,7 @@ def links_under(root: Path) -> list[str]:
 
 @pytest.mark.parametrize("method", ["rsync", "sftp"])
 def test_a_host_that_plants_links_and_swaps_files_never_gets_a_pull_to_write_outside(world, capfd, method):
-    fast_watch(world, method=method)
+    configure(world, method=method)
     world.cli(capfd, "up")
     world.wait_job_state("smoke", ("succeeded",))
     secret = world.tmp / "laptop-secret.txt"  # files of the laptop's a hostile host would like to overwrite
@@ -120,7 +120,7 @@ def test_a_host_that_plants_links_and_swaps_files_never_gets_a_pull_to_write_out
 
 
 def test_a_metrics_line_cut_mid_write_crashes_neither_pull_status_watch_nor_jobs_status(world, capfd):
-    fast_watch(world)
+    configure(world)
     world.cli(capfd, "up")
     world.wait_job_state("smoke", ("succeeded",))
     host_run = world.workdir / "runs" / "smoke"
@@ -150,7 +150,7 @@ def test_a_metrics_line_cut_mid_write_crashes_neither_pull_status_watch_nor_jobs
 def test_the_watcher_survives_an_unexpected_error_and_keeps_the_instance(world, capfd):
     blocked = world.tmp / "not-a-folder"
     blocked.write_text("the pull destination is a file: every pull fails here, on the laptop\n")
-    fast_watch(world, dest=str(blocked))
+    configure(world, dest=str(blocked))
     world.cli(capfd, "up")
     iid = world.state.get("default").instance_id
     _, err = world.cli(capfd, "watch", code=1)
@@ -159,7 +159,7 @@ def test_the_watcher_survives_an_unexpected_error_and_keeps_the_instance(world, 
     assert iid in {str(i) for i in world.vast.instances} and world.state.get("default").instance_id == iid  # not given up
     assert world.vast.destroyed == []
 
-    fast_watch(world)  # the user fixes it and watches again: the run comes home, the instance goes
+    configure(world)  # the user fixes it and watches again: the run comes home, the instance goes
     _, err = world.cli(capfd, "watch")
     assert "job train succeeded" in err and f"instance {iid} destroyed" in err
     assert (world.tmp / "local-runs" / "smoke" / "report.md").is_file()
