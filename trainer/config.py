@@ -133,6 +133,18 @@ class TrainConfig:
     keep_last: int = 3
     overfit_check: OverfitCheckConfig = field(default_factory=OverfitCheckConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    # Experiment trackers, by accelerate's names: tensorboard (under runs/<run>/tensorboard/),
+    # wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio; [] for none.
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+
+
+@dataclass
+class EvalConfig:
+    """What `jobs eval` measures besides val loss and bits per byte."""
+
+    tasks: list[str] = field(default_factory=list)  # zero-shot multiple choice: hellaswag
+    limit: int | None = None  # items per task (None: all); a quick look, not a comparable score
+    batch_size: int = 32  # sequences (one per choice) per forward pass
 
 
 @dataclass
@@ -150,6 +162,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     cost: CostConfig = field(default_factory=CostConfig)
 
 
