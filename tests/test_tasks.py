@@ -199,3 +199,16 @@ def test_jobs_eval_refuses_an_unknown_task_before_touching_anything(workdir):
     p = jobs(workdir, "eval", "--config", str(REPO / "configs" / "smoke.yaml"),
              *[a for s in SETS for a in ("--set", s)], "--tasks", "hellaswag,winogrand")
     assert_refused(p.returncode, p.stderr, before, snapshot(workdir), match="unknown eval task 'winogrand'")
+
+
+def test_jobs_eval_says_in_one_line_when_the_task_data_cannot_be_had(workdir, tmp_path):
+    res = train(tiny_config(*SETS))
+    with StandInHub() as hub:  # no Rowan/hellaswag there
+        p = jobs(workdir, "eval", "--config", str(REPO / "configs" / "smoke.yaml"),
+                 *[a for s in SETS for a in ("--set", s)], "--tasks", "hellaswag",
+                 env={"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf")})
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert "hellaswag: could not load Rowan/hellaswag@refs/convert/parquet" in lines[0]
+    assert not (res.run_dir / "eval.json").exists()
+    assert json.loads((res.run_dir / "job.json").read_text())["state"] == "failed"

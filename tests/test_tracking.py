@@ -125,3 +125,13 @@ def test_launcher_forwards_tracker_keys_and_pulls_the_event_files():
     raw = yaml.safe_load((REPO / "configs" / "launcher.yaml").read_text())
     assert raw["remote"]["forward_env"] == defaults.remote.forward_env
     assert raw["pull"]["files"] == defaults.pull.files
+
+
+def test_resume_continues_the_curves_and_a_fresh_run_starts_new_ones(workdir):
+    sets = ["train.max_steps=4", "train.log_interval=1", "train.eval_interval=100", "train.checkpoint_interval=100",
+            "train.overfit_check.enabled=false"]
+    train(tiny_config(*sets), stop_at=2)
+    res = train(tiny_config(*sets), resume="latest")
+    assert [s for s, _ in tensorboard_scalars(res.run_dir)["train/loss"]] == [1, 2, 3, 4]
+    fresh = train(tiny_config(*sets), stop_at=2)
+    assert [s for s, _ in tensorboard_scalars(fresh.run_dir)["train/loss"]] == [1, 2]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import sys
 import time
@@ -155,6 +156,7 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("metrics.jsonl", "fixed_prompt_samples.txt"):
             (run_dir / stale).unlink(missing_ok=True)  # a fresh run starts fresh logs
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)  # and fresh curves
     accelerator.wait_for_everyone()
     tracking.start(accelerator, cfg, run_dir)
 
