@@ -350,7 +350,7 @@ def evaluate(
     set_: SetOpt = None,
     smoke: SmokeOpt = False,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default: final, else best, else latest).")] = None,
-    tasks: Annotated[Optional[str], typer.Option(help="Downstream tasks, comma-separated (default: eval.tasks): hellaswag.")] = None,
+    tasks: Annotated[Optional[str], typer.Option(help="Downstream tasks, comma-separated (default: eval.tasks): hellaswag, arc_easy.")] = None,
 ) -> None:
     """Val loss, perplexity and bits per byte on fixed val windows, zero-shot tasks, samples, eval.json, report.md."""
     from jobs.tasks import resolve

@@ -19,6 +19,7 @@ from trainer.multiple_choice import Item
 class Task:
     name: str
     path: str  # Hub dataset id
+    config_name: str | None
     revision: str
     split: str
     to_item: Callable[[dict], Item]
@@ -45,6 +46,13 @@ def hellaswag_item(doc: dict) -> Item:
     )
 
 
+def arc_item(doc: dict) -> Item:
+    """lm-evaluation-harness, lm_eval/tasks/arc/arc_easy.yaml: doc_to_text "Question: {{question}}\\nAnswer:",
+    doc_to_choice choices.text, doc_to_target choices.label.index(answerKey)."""
+    return Item(context=f"Question: {doc['question']}\nAnswer:", choices=list(doc["choices"]["text"]),
+                gold=list(doc["choices"]["label"]).index(doc["answerKey"]))
+
+
 TASKS = {
     # lm-evaluation-harness's hellaswag.yaml: dataset_path Rowan/hellaswag, validation split (10,042
     # items), zero-shot. The repo's main branch is a loading script that `datasets` >= 4 refuses;
@@ -52,10 +60,22 @@ TASKS = {
     "hellaswag": Task(
         name="hellaswag",
         path="Rowan/hellaswag",
+        config_name=None,
         revision="refs/convert/parquet",
         split="validation",
         to_item=hellaswag_item,
         references={"chance": 0.25, "GPT-2 124M": 0.2955},
+    ),
+    # arc_easy.yaml: allenai/ai2_arc, ARC-Easy, scored on its test split (2,376 grade-school science
+    # questions, mostly four choices); parquet on the repo's main branch.
+    "arc_easy": Task(
+        name="arc_easy",
+        path="allenai/ai2_arc",
+        config_name="ARC-Easy",
+        revision="main",
+        split="test",
+        to_item=arc_item,
+        references={"chance (4 choices)": 0.25},
     ),
 }
 
@@ -73,7 +93,7 @@ def load_items(task: Task, limit: int | None = None) -> list[Item]:
 
     split = task.split if limit is None else f"{task.split}[:{limit}]"
     try:
-        records = datasets.load_dataset(task.path, split=split, revision=task.revision)
+        records = datasets.load_dataset(task.path, task.config_name, split=split, revision=task.revision)
     except (ConnectionError, OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as e:
         raise UserError(f"{task.name}: could not load {task.path}@{task.revision} from the Hub: "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

@@ -21,7 +21,7 @@ import torch
 from badinput import assert_refused, snapshot
 from conftest import REPO, VOCAB, tiny_config
 from hub_server import StandInHub
-from jobs.tasks import hellaswag_item
+from jobs.tasks import arc_item, hellaswag_item
 from trainer import checkpoint
 from trainer.data import TokenData
 from trainer.evaluate import token_bytes, val_bytes_per_token
@@ -56,6 +56,26 @@ HELLASWAG = [
                  "jumps into a pool."],
      "source_id": "activitynet~v_def", "split": "val", "split_type": "indomain", "label": "1"},
 ]
+# allenai/ai2_arc's ARC-Easy test records (choices a struct of text and label lists; labels are letters or digits).
+ARC_EASY = [
+    {"id": "Mercury_7179953", "question": "Which two body systems are directly involved in movement?",
+     "choices": {"text": ["muscular and skeletal", "digestive and muscular", "skeletal and respiratory",
+                          "respiratory and digestive"], "label": ["A", "B", "C", "D"]}, "answerKey": "A"},
+    {"id": "NYSEDREGENTS_2015_4_8", "question": "Which object is the best conductor of electricity?",
+     "choices": {"text": ["a wax crayon", "a plastic spoon", "a rubber eraser", "an iron nail"],
+                 "label": ["1", "2", "3", "4"]}, "answerKey": "4"},
+    {"id": "Mercury_SC_401169", "question": "Which is a renewable resource?",
+     "choices": {"text": ["coal", "trees", "oil"], "label": ["A", "B", "C"]}, "answerKey": "B"},
+]
+ARC_README = b"""---
+configs:
+- config_name: ARC-Easy
+  data_files:
+  - split: test
+    path: ARC-Easy/test-*
+---
+# ai2_arc
+"""
 SCHEMA = pa.schema([("ind", pa.int32()), ("activity_label", pa.string()), ("ctx_a", pa.string()),
                     ("ctx_b", pa.string()), ("ctx", pa.string()), ("endings", pa.list_(pa.string())),
                     ("source_id", pa.string()), ("split", pa.string()), ("split_type", pa.string()),
@@ -73,6 +93,13 @@ def test_hellaswag_records_become_lm_evals_query_choices_and_gold():
     assert grill.context == "Home and Garden: How to clean a grill. Heat the grill. turn"
     assert grill.choices[0] == "the burners to high and close the lid. Let it burn for fifteen minutes."
     assert grill.gold == 0
+
+
+def test_arc_records_become_question_answer_prompts():
+    item = arc_item(ARC_EASY[1])
+    assert item == Item("Question: Which object is the best conductor of electricity?\nAnswer:",
+                        ARC_EASY[1]["choices"]["text"], 3)
+    assert arc_item(ARC_EASY[2]).gold == 1 and len(arc_item(ARC_EASY[2]).choices) == 3
 
 
 def test_scorer_on_a_uniform_model_acc_counts_tokens_acc_norm_counts_characters(workdir):
@@ -143,13 +170,17 @@ def test_bytes_per_token_counts_what_sentencepiece_decodes(workdir):
     assert 1.0 < bpt < 8.0
 
 
-def serve_hellaswag(hub: StandInHub) -> None:
-    """The repo as the Hub has it: a loading script on main, the records in the parquet export branch."""
+def serve_tasks(hub: StandInHub) -> None:
+    """The repos as the Hub has them. Rowan/hellaswag: a loading script on main, the records in the parquet
+    export branch; allenai/ai2_arc: parquet on main, one config per folder named in the README's YAML."""
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(HELLASWAG, schema=SCHEMA), buf)
     hub.add_repo("Rowan/hellaswag", {"hellaswag.py": b"# a loading script `datasets` refuses\n",
                                      "README.md": b"---\npretty_name: HellaSwag\n---\n"})
     hub.add_repo("Rowan/hellaswag", {"default/validation/0000.parquet": buf.getvalue()}, revision="refs/convert/parquet")
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(ARC_EASY), buf)
+    hub.add_repo("allenai/ai2_arc", {"README.md": ARC_README, "ARC-Easy/test-00000-of-00001.parquet": buf.getvalue()})
 
 
 def jobs(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -164,9 +195,9 @@ SETS = ["model.vocab_size=384", "model.seq_len=32", "train.max_steps=12", "train
 def test_jobs_eval_hellaswag_records_acc_acc_norm_and_bits_per_byte(workdir, tmp_path):
     res = train(tiny_config(*SETS))
     args = ["eval", "--config", str(REPO / "configs" / "smoke.yaml"), *[a for s in SETS for a in ("--set", s)],
-            "--tasks", "hellaswag"]
+            "--tasks", "hellaswag,arc_easy"]
     with StandInHub() as hub:
-        serve_hellaswag(hub)
+        serve_tasks(hub)
         p = jobs(workdir, *args, env={"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"),
                                       "HF_HUB_DISABLE_TELEMETRY": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
@@ -178,6 +209,9 @@ def test_jobs_eval_hellaswag_records_acc_acc_norm_and_bits_per_byte(workdir, tmp
     checkpoint.load_weights(res.run_dir / "checkpoints" / "final", model)
     expected = score(model, tiny_sp(workdir), [hellaswag_item(r) for r in HELLASWAG], 32, 32, torch.device("cpu"))
     assert (hs["acc"], hs["acc_norm"]) == (expected["acc"], expected["acc_norm"])
+    arc = ev["tasks"]["arc_easy"]
+    expected = score(model, tiny_sp(workdir), [arc_item(r) for r in ARC_EASY], 32, 32, torch.device("cpu"))
+    assert arc == {**expected, "references": {"chance (4 choices)": 0.25}}
     assert hs["references"] == {"chance": 0.25, "GPT-2 124M": 0.2955}
     assert ev["bits_per_byte"] == pytest.approx(ev["val_loss"] / math.log(2) / ev["bytes_per_token"])
     assert f"hellaswag: acc {hs['acc']:.4f}, acc_norm {hs['acc_norm']:.4f} on 4 items" in p.stdout

@@ -142,7 +142,7 @@ class TrainConfig:
 class EvalConfig:
     """What `jobs eval` measures besides val loss and bits per byte."""
 
-    tasks: list[str] = field(default_factory=list)  # zero-shot multiple choice: hellaswag
+    tasks: list[str] = field(default_factory=list)  # zero-shot multiple choice: hellaswag, arc_easy
     limit: int | None = None  # items per task (None: all); a quick look, not a comparable score
     batch_size: int = 32  # sequences (one per choice) per forward pass
 
