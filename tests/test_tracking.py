@@ -4,6 +4,7 @@ W&B in offline mode, and the launcher's side (secrets through the env file, the 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -135,3 +136,31 @@ def test_resume_continues_the_curves_and_a_fresh_run_starts_new_ones(workdir):
     assert [s for s, _ in tensorboard_scalars(res.run_dir)["train/loss"]] == [1, 2, 3, 4]
     fresh = train(tiny_config(*sets), stop_at=2)
     assert [s for s, _ in tensorboard_scalars(fresh.run_dir)["train/loss"]] == [1, 2]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists(), reason="needs root and OpenSSH's sshd")
+def test_launcher_pull_brings_the_event_files_home_over_a_real_sshd(workdir, tmp_path):
+    """The host is this working directory behind a real sshd; the pulled events read back the same."""
+    from launcher.config import PullConfig
+    from launcher.remote import Remote, sftp_pull
+    from launcher.state import SSHTarget
+    from sshd import Sshd, keygen
+
+    res = train(tiny_config("train.max_steps=4", "train.log_interval=1", "train.overfit_check.enabled=false"))
+    sshd = Sshd(tmp_path / "sshd").start()
+    try:
+        key = tmp_path / "id_ed25519"
+        sshd.authorize(keygen(key))
+        target = SSHTarget("127.0.0.1", sshd.port, key_file=str(key), host_key=sshd.host_public_key())
+        remote = Remote(target, str(workdir), "llm-forge-test").connect(timeout_s=20, quiet=True)
+        try:
+            append_only, rewritten = remote.pull_plan("smoke", [], PullConfig().files)
+            assert "tensorboard" in rewritten
+            local = tmp_path / "laptop" / "smoke"
+            sftp_pull(remote, remote.run_dir("smoke"), rewritten, local, append=False, label="tensorboard")
+        finally:
+            remote.close()
+    finally:
+        sshd.stop()
+    assert tensorboard_scalars(local) == tensorboard_scalars(res.run_dir)
+    assert [s for s, _ in tensorboard_scalars(local)["train/loss"]] == [1, 2, 3, 4]
