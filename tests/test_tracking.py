@@ -49,7 +49,7 @@ def test_training_writes_tensorboard_events_by_step_and_by_tokens(workdir):
     assert [s for s, _ in scalars["val/loss"]] == [4, 8]
     assert [v for _, v in scalars["val/loss"]] == pytest.approx([e["val_loss"] for e in evals], rel=1e-5)
     assert [v for _, v in scalars["val/bpb"]] == pytest.approx([e["val_bpb"] for e in evals], rel=1e-5)
-    assert [v for _, v in scalars["train/tokens"]][-1] == res.tokens
+    assert [v for _, v in scalars["tokens"]][-1] == res.tokens
 
 
 def wandb_history(path: Path) -> list[dict[str, float]]:
@@ -96,7 +96,7 @@ def test_wandb_runs_offline_beside_tensorboard(workdir, monkeypatch):
     logged = [h for h in history if "train/loss" in h]
     assert [h["_step"] for h in logged] == [r["step"] for r in trains] == [1, 2, 3, 4]
     assert [h["train/loss"] for h in logged] == pytest.approx([r["loss"] for r in trains])
-    assert [h["train/tokens"] for h in logged] == [r["tokens"] for r in trains]
+    assert [h["tokens"] for h in logged] == [r["tokens"] for r in trains]
     (val,) = [h for h in history if "val/bpb" in h]
     assert val["_step"] == 4
     assert "train/loss" in tensorboard_scalars(res.run_dir)  # both trackers at once

@@ -3,7 +3,7 @@
 TensorBoard writes under `runs/<run>/tensorboard/`, so `launcher pull` brings
 it home with the run and `tensorboard --logdir runs/` compares runs. Every
 value is logged against the optimizer step, with the token count beside it
-(`train/tokens`: the x-axis to pick in W&B or MLflow); TensorBoard, which
+(`tokens`: the x-axis to pick in W&B or MLflow); TensorBoard, which
 has one x-axis per tag, also gets each value under `by_tokens/` keyed by
 tokens. Tracker credentials come from the environment (WANDB_API_KEY, ...),
 which `launcher` fills from `remote.forward_env`'s 0600 env file.
@@ -56,7 +56,7 @@ def log(accelerator: Accelerator, values: dict[str, float | None], step: int, to
     if not accelerator.log_with:
         return
     values = {k: v for k, v in values.items() if v is not None}
-    accelerator.log({**values, "train/tokens": tokens}, step=step)
+    accelerator.log({**values, "tokens": tokens}, step=step)
     if accelerator.is_main_process and LoggerType.TENSORBOARD in accelerator.log_with:
         writer = accelerator.get_tracker("tensorboard", unwrap=True)
         for key, value in values.items():
