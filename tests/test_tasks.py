@@ -246,3 +246,12 @@ def test_jobs_eval_says_in_one_line_when_the_task_data_cannot_be_had(workdir, tm
     assert "hellaswag: could not load Rowan/hellaswag@refs/convert/parquet" in lines[0]
     assert not (res.run_dir / "eval.json").exists()
     assert json.loads((res.run_dir / "job.json").read_text())["state"] == "failed"
+
+
+def test_the_gpu_config_runs_the_tasks_at_the_end_and_the_cpu_ones_do_not():
+    from jobs.config import JobConfig
+    from trainer.config import load_config
+
+    assert load_config(JobConfig, REPO / "configs" / "train.yaml").eval.tasks == ["hellaswag", "arc_easy"]
+    for name in ("smoke.yaml", "demo.yaml"):
+        assert load_config(JobConfig, REPO / "configs" / name).eval.tasks == []
