@@ -227,12 +227,17 @@ def test_jobs_eval_hellaswag_records_acc_acc_norm_and_bits_per_byte(workdir, tmp
     assert scalars["eval/bpb"] == [(12, pytest.approx(ev["bits_per_byte"], rel=1e-6))]
 
 
-def test_jobs_eval_refuses_an_unknown_task_before_touching_anything(workdir):
-    train(tiny_config(*SETS))
+@pytest.mark.parametrize("args, match", [
+    (["--tasks", "hellaswag,winogrand"], "unknown eval task 'winogrand'"),
+    (["--set", "eval.batch_size=0"], "batch_size must be at least 1"),
+    (["--set", "eval.limit=-5"], "limit must be at least 1"),
+    (["--set", "train.report_to=[tensorbored]"], "unknown tracker 'tensorbored'"),
+])
+def test_jobs_eval_refuses_bad_input_before_touching_anything(workdir, args, match):
     before = snapshot(workdir)
     p = jobs(workdir, "eval", "--config", str(REPO / "configs" / "smoke.yaml"),
-             *[a for s in SETS for a in ("--set", s)], "--tasks", "hellaswag,winogrand")
-    assert_refused(p.returncode, p.stderr, before, snapshot(workdir), match="unknown eval task 'winogrand'")
+             *[a for s in SETS for a in ("--set", s)], *args)
+    assert_refused(p.returncode, p.stderr, before, snapshot(workdir), match=match)
 
 
 def test_jobs_eval_says_in_one_line_when_the_task_data_cannot_be_had(workdir, tmp_path):

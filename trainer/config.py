@@ -146,6 +146,12 @@ class EvalConfig:
     limit: int | None = None  # items per task (None: all); a quick look, not a comparable score
     batch_size: int = 32  # sequences (one per choice) per forward pass
 
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be at least 1 (or null for all), got {self.limit}")
+
 
 @dataclass
 class CostConfig:
