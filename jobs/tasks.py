@@ -98,6 +98,9 @@ def load_items(task: Task, limit: int | None = None) -> list[Item]:
         raise UserError(f"{task.name}: could not load {task.path}@{task.revision} from the Hub: "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     try:
-        return [task.to_item(r) for r in records]
+        items = [task.to_item(r) for r in records]
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{task.name}: {task.path} records are not in the expected format ({type(e).__name__}: {e})") from None
+    if not items:
+        raise UserError(f"{task.name}: {task.path} has no {task.split} records")
+    return items
