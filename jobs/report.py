@@ -38,6 +38,7 @@ def write_report(run_dir: Path, hourly_rate: float, model_params: int | None = N
         ("final train loss", f"{train[-1]['loss']:.4f}" if train else "-"),
         ("best val loss", f"{min(e['val_loss'] for e in evals):.4f}" if evals else "-"),
         ("eval loss / perplexity", f"{ev['val_loss']:.4f} / {ev['perplexity']:.2f}" if ev else "-"),
+        ("bits per byte (val)", f"{ev['bits_per_byte']:.4f}" if ev and "bits_per_byte" in ev else "-"),
         ("tokens/s (mean)", f"{sum(r['tokens_per_s'] for r in train) / len(train):,.0f}" if train else "-"),
         ("MFU (mean)", f"{sum(mfus) / len(mfus):.1%}" if mfus else "n/a (no known peak for this device)"),
         ("training wall time", f"{hours:.2f} h"),
@@ -49,6 +50,14 @@ def write_report(run_dir: Path, hourly_rate: float, model_params: int | None = N
     lines += [f"| {k} | {v} |" for k, v in facts]
     if plot:
         lines += ["", f"![loss and throughput]({plot.name})"]
+    if ev and ev.get("tasks"):
+        lines += ["", "## Zero-shot tasks", "",
+                  "Scored like lm-evaluation-harness: the log-likelihood of each ending; acc_norm divides it by the "
+                  "ending's length in characters.", "",
+                  "| task | items | acc | acc_norm | for comparison (acc_norm) |", "|---|---|---|---|---|"]
+        for name, s in ev["tasks"].items():
+            refs = "; ".join(f"{who} {v:.2%}" for who, v in s.get("references", {}).items())
+            lines.append(f"| {name} | {s['n']:,} | {s['acc']:.2%} | {s['acc_norm']:.2%} | {refs} |")
     if ev and ev.get("samples"):
         lines += ["", "## Samples (greedy)", ""]
         lines += [f"- **{s['prompt']}**{s['completion']}" for s in ev["samples"]]

@@ -350,9 +350,21 @@ def evaluate(
     set_: SetOpt = None,
     smoke: SmokeOpt = False,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default: final, else best, else latest).")] = None,
+    tasks: Annotated[Optional[str], typer.Option(help="Downstream tasks, comma-separated (default: eval.tasks): hellaswag, arc_easy.")] = None,
 ) -> None:
-    """Val loss and perplexity on fixed val windows, fixed-prompt samples, eval.json and loss.png."""
+    """Val loss, perplexity and bits per byte on fixed val windows, zero-shot tasks, samples, eval.json, report.md."""
+    from jobs.tasks import resolve
+    from trainer.tracking import tracker_kwargs
+
     cfg = load_or_exit(config, set_, smoke)
+    if tasks is not None:
+        cfg.eval.tasks = [n.strip() for n in tasks.split(",") if n.strip()]
+    try:  # before the job record: a typo changes nothing on disk
+        resolve(cfg.eval.tasks)
+        tracker_kwargs(cfg, run_dir(cfg))
+    except UserError as e:
+        fail(str(e))
+        raise typer.Exit(2) from None
     run_job(job_file(cfg, "eval"), lambda: run_eval(cfg, checkpoint), memory_hint(cfg))
 
 
@@ -360,34 +372,52 @@ def run_eval(cfg: JobConfig, folder: Path | None) -> None:
     import torch
     from accelerate import Accelerator
 
-    from trainer import checkpoint
+    from jobs.report import write_report
+    from jobs.tasks import load_items, resolve
+    from trainer import checkpoint, tracking
     from trainer.checks import load_tokenizer, samples
     from trainer.data import TokenData
-    from jobs.report import write_report
-    from trainer.evaluate import eval_summary, val_loss
+    from trainer.evaluate import eval_summary, val_bytes_per_token, val_loss
     from trainer.fileio import atomic_write_json
     from trainer.model import Llama
+    from trainer.multiple_choice import score
     from trainer.train import mixed_precision
 
     folder = folder or default_checkpoint(cfg)
-    accelerator = Accelerator(mixed_precision=mixed_precision(cfg))
+    tasks = resolve(cfg.eval.tasks)
+    run = run_dir(cfg)
+    accelerator = Accelerator(mixed_precision=mixed_precision(cfg), **tracking.tracker_kwargs(cfg, run))
     data = TokenData(cfg.data.dir, cfg.model.vocab_size, cfg.model.seq_len)
     sp = load_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size, data.meta)
+    items = {task.name: load_items(task, cfg.eval.limit) for task in tasks}  # a Hub problem before any work
     model = Llama(cfg.model)
     checkpoint.load_weights(folder, model)
     model = model.to(accelerator.device)
     state = checkpoint.read_state(folder)
     t = cfg.train
-    loss = val_loss(model, data, t.eval_batches * t.micro_batch_size, t.micro_batch_size, accelerator)
+    n_val = t.eval_batches * t.micro_batch_size
+    loss = val_loss(model, data, n_val, t.micro_batch_size, accelerator)
+    scores = {}
     with accelerator.autocast(), torch.no_grad():
         pairs = samples(model, sp, t.sample, accelerator.device)
-    summary = eval_summary(loss, state["step"], state["tokens"], pairs, str(folder))
-    atomic_write_json(run_dir(cfg) / "eval.json", summary)
-    report = write_report(run_dir(cfg), cfg.cost.hourly_rate, model.num_params())
+        for task in tasks:
+            scores[task.name] = {**score(model, sp, items[task.name], cfg.model.seq_len, cfg.eval.batch_size,
+                                         accelerator.device), "references": task.references}
+    summary = eval_summary(loss, val_bytes_per_token(sp, data, n_val), state["step"], state["tokens"], pairs,
+                           str(folder), scores)
+    atomic_write_json(run / "eval.json", summary)
+    tracking.start(accelerator, cfg, run)
+    values = {"eval/val_loss": loss, "eval/bpb": summary["bits_per_byte"]}
+    values |= {f"eval/{name}/{k}": s[k] for name, s in scores.items() for k in ("acc", "acc_norm")}
+    tracking.log(accelerator, values, state["step"], state["tokens"])
+    accelerator.end_training()
+    report = write_report(run, cfg.cost.hourly_rate, model.num_params())
     for prompt, text in pairs:
         print(f"[{prompt}]{text}")
-    print(f"val loss {loss:.4f}, perplexity {summary['perplexity']:.2f} at step {state['step']} "
-          f"-> {run_dir(cfg) / 'eval.json'}, {report}")
+    for name, s in scores.items():
+        print(f"{name}: acc {s['acc']:.4f}, acc_norm {s['acc_norm']:.4f} on {s['n']:,} items")
+    print(f"val loss {loss:.4f}, perplexity {summary['perplexity']:.2f}, {summary['bits_per_byte']:.4f} bits/byte "
+          f"at step {state['step']} -> {run / 'eval.json'}, {report}")
 
 
 @app.command()

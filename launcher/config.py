@@ -64,7 +64,10 @@ class RemoteConfig:
     connect_timeout_s: float = 300.0  # bounded wait for SSH to answer
     # Names of local environment variables handed to the job through a 0600 env
     # file on the host (never argv). The Vast key stays home unless listed here.
-    forward_env: list[str] = field(default_factory=lambda: ["HF_TOKEN"])
+    forward_env: list[str] = field(
+        default_factory=lambda: ["HF_TOKEN", "WANDB_API_KEY", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
+                                 "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"]
+    )
     guard_poll_s: float = 30.0  # how often the budget guard beside the job looks at the clock
     # A rented instance stops itself this long after its job ended unless the launcher destroyed
     # it first (`watch` does at once): a closed laptop does not leave a GPU billing. 0: never.
@@ -95,6 +98,7 @@ class PullConfig:
             "job.json",
             "jobs.jsonl",
             "budget.json",
+            "tensorboard",  # the event files: `tensorboard --logdir runs/` on the laptop
         ]
     )
     method: str = "auto"  # auto (rsync when both ends have it) | rsync | sftp

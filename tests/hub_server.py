@@ -3,8 +3,8 @@
 It speaks the endpoints `huggingface_hub` calls for a snapshot download and a
 commit, with the fields the client reads:
 
-- GET  /api/datasets/{repo}/revision/{rev}      repo info with `sha` and `siblings`
-- GET  /api/datasets/{repo}/tree/{rev}[/path]   file entries (type, oid, size, path)
+- GET  /api/datasets/{repo}[/revision/{rev}]    repo info with `sha` and `siblings`
+- GET  /api/datasets/{repo}/tree/{rev}[/path]   entries (type, oid, size, path); folders too unless ?recursive=true
 - HEAD/GET /datasets/{repo}/resolve/{rev}/{path}  the bytes, with `X-Repo-Commit` and `ETag`
 - POST /api/repos/create
 - POST /api/datasets/{repo}/preupload/{rev}     answers uploadMode "regular" for every file,
@@ -13,7 +13,9 @@ commit, with the fields the client reads:
 - POST /api/validate-yaml                       a README.md's YAML front matter
 
 Model repos are the same under /api/models/... and /{repo}/resolve/...;
-repo ids are kept as "datasets/<id>" and "models/<id>".
+repo ids are kept as "datasets/<id>" and "models/<id>". A revision is `main`, a
+commit, or a branch such as `refs/convert/parquet` (the Hub's parquet export,
+which `datasets` reads) added with `add_repo(..., revision=...)`.
 
 A write needs `Authorization: Bearer <token>`; every Authorization header seen
 is kept so a test can check which token was sent.
@@ -38,6 +40,7 @@ class Repo:
     files: dict[str, bytes] = field(default_factory=dict)
     commits: list[str] = field(default_factory=list)
     private: bool = False
+    branches: dict[str, Repo] = field(default_factory=dict)
 
     @property
     def sha(self) -> str:
@@ -76,8 +79,10 @@ class StandInHub:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def add_repo(self, repo_id: str, files: dict[str, bytes], repo_type: str = "dataset") -> Repo:
+    def add_repo(self, repo_id: str, files: dict[str, bytes], repo_type: str = "dataset", revision: str = "main") -> Repo:
         repo = self.repos.setdefault(f"{repo_type}s/{repo_id}", Repo())
+        if revision != "main":
+            repo = repo.branches.setdefault(revision, Repo())
         repo.commit(files)
         return repo
 
@@ -106,7 +111,7 @@ class StandInHub:
                 headers = {"Content-Type": "application/json", "X-Error-Message": message}
                 if code:
                     headers["X-Error-Code"] = code
-                self._send(status, json.dumps({"error": message}).encode(), headers)
+                self._send(status, json.dumps({"error": message}).encode(), headers, head=self.command == "HEAD")
 
             def _authorized(self) -> bool:
                 auth = self.headers.get("Authorization", "")
@@ -124,11 +129,15 @@ class StandInHub:
                     return None
                 return repo
 
-            def _revision_ok(self, repo: Repo, rev: str) -> bool:
-                if rev in ("main", repo.sha) or rev in repo.commits:
-                    return True
+            def _at(self, repo: Repo, rev: str) -> Repo | None:
+                """The repo as of `rev`: main, a commit, or a branch (and its commits)."""
+                for snapshot in (repo, *repo.branches.values()):
+                    if rev in snapshot.commits or rev == snapshot.sha:
+                        return snapshot
+                if rev == "main" or rev in repo.branches:
+                    return repo.branches.get(rev, repo)
                 self._error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
-                return False
+                return None
 
             # --- reads --------------------------------------------------------------
 
@@ -140,11 +149,14 @@ class StandInHub:
 
             def _read(self, head: bool) -> None:
                 self._authorized()
-                path = unquote(urlparse(self.path).path)
+                # Split the path before unquoting it: a revision like refs%2Fconvert%2Fparquet is one segment.
+                url = urlparse(self.path)
+                path = re.sub(r"^(/api/(?:datasets|models)/[^/]+/[^/]+)$", r"\1/revision/main", url.path)
+                recursive = "recursive=true" in url.query.lower()
                 if m := re.fullmatch(r"/api/(datasets|models)/([^/]+/[^/]+)/revision/([^/]+)", path):
-                    m = (None, f"{m[1]}/{m[2]}", m[3], m[2])
+                    m = (None, f"{m[1]}/{m[2]}", unquote(m[3]), m[2])
                     repo = self._repo(m[1])
-                    if repo and self._revision_ok(repo, m[2]):
+                    if repo and (repo := self._at(repo, m[2])):
                         self._json(
                             {
                                 "id": m[3],
@@ -154,20 +166,25 @@ class StandInHub:
                             }
                         )
                 elif m := re.fullmatch(r"/api/(datasets|models)/([^/]+/[^/]+)/tree/([^/]+)(/.*)?", path):
-                    m = (None, f"{m[1]}/{m[2]}", m[3], m[4])
+                    m = (None, f"{m[1]}/{m[2]}", unquote(m[3]), unquote(m[4] or ""))
                     repo = self._repo(m[1])
-                    if repo and self._revision_ok(repo, m[2]):
-                        prefix = (m[3] or "").strip("/")
-                        entries = [
-                            {"type": "file", "oid": git_oid(data), "size": len(data), "path": p}
-                            for p, data in sorted(repo.files.items())
-                            if not prefix or p.startswith(prefix + "/")
-                        ]
+                    if repo and (repo := self._at(repo, m[2])):
+                        prefix = m[3].strip("/")
+                        entries, folders = [], set()
+                        for p, data in sorted(repo.files.items()):
+                            if prefix and not p.startswith(prefix + "/"):
+                                continue
+                            rest = p[len(prefix) + 1 :] if prefix else p
+                            if "/" in rest and not recursive:  # the Hub lists a subfolder once, as a directory
+                                folders.add(p[: len(p) - len(rest)] + rest.split("/")[0])
+                            else:
+                                entries.append({"type": "file", "oid": git_oid(data), "size": len(data), "path": p})
+                        entries += [{"type": "directory", "oid": "0" * 40, "size": 0, "path": d} for d in sorted(folders)]
                         self._json(entries)
                 elif m := re.fullmatch(r"/(datasets/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
-                    m = (None, f"{'datasets' if m[1] else 'models'}/{m[2]}", m[3], m[4])
+                    m = (None, f"{'datasets' if m[1] else 'models'}/{m[2]}", unquote(m[3]), unquote(m[4]))
                     repo = self._repo(m[1])
-                    if repo and self._revision_ok(repo, m[2]):
+                    if repo and (repo := self._at(repo, m[2])):
                         data = repo.files.get(m[3])
                         if data is None:
                             self._error(404, "Entry not found", "EntryNotFound")

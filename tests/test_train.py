@@ -157,3 +157,31 @@ def test_bf16_and_compile_path_trains(workdir):
     losses = train_losses(run)
     assert all(math.isfinite(v) for v in losses.values()) and losses[6] < losses[1]
     assert checkpoint.read_state(run / "checkpoints" / "final")["step"] == 6
+
+
+def test_samples_keep_the_space_before_the_continuation(workdir):
+    """The continuation is the text after the prompt in the decoding of both together, so a first
+    piece "▁word" keeps its space ("...life is a list"), which decoding it alone would drop."""
+    import torch
+
+    from trainer.checks import load_tokenizer, samples
+    from trainer.model import Llama
+
+    cfg = tiny_config("train.max_steps=30", "train.eval_interval=30")
+    res = train(cfg)
+    model = Llama(cfg.model)
+    checkpoint.load_weights(res.run_dir / "checkpoints" / "final", model)
+    sp = load_tokenizer(cfg.data.tokenizer, VOCAB)
+    pairs = samples(model, sp, cfg.train.sample, torch.device("cpu"))
+    spaced = 0
+    for prompt, continuation in pairs:
+        ids = sp.encode(prompt)
+        full = model.generate(torch.tensor([[sp.eos_id()] + ids]), cfg.train.sample.max_new_tokens, eos_id=sp.eos_id())
+        new = full[0, len(ids) + 1 :].tolist()
+        assert prompt + continuation == sp.decode(ids + new)
+        if new and sp.id_to_piece(new[0]).startswith("\u2581"):
+            assert continuation == " " + sp.decode(new)  # decoded alone, the first space is lost
+            spaced += 1
+    assert spaced, [sp.id_to_piece(i) for i in new]
+    written = (res.run_dir / "fixed_prompt_samples.txt").read_text()
+    assert "".join(f"[{p}]{c}\n" for p, c in pairs) in written

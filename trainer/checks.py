@@ -82,14 +82,19 @@ def load_tokenizer(path: str | Path, vocab_size: int, data_meta: dict | None = N
 
 @torch.no_grad()
 def samples(model: Llama, sp: spm.SentencePieceProcessor, cfg: SampleConfig, device: torch.device) -> list[tuple[str, str]]:
-    """(prompt, continuation) for each fixed prompt; greedy unless the config says otherwise."""
+    """(prompt, continuation) for each fixed prompt; greedy unless the config says otherwise.
+
+    Prompt and continuation are decoded together and the prompt's text cut off: decoded
+    alone, the continuation would lose the space its first piece starts with ("▁a" -> "a").
+    """
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(0)
     out = []
     for prompt in cfg.prompts:
         # Documents are written as tokens + EOS, so "a new document starts" is an EOS before it.
-        ids = [sp.eos_id()] + sp.encode(prompt)
+        prompt_ids = sp.encode(prompt)
+        ids = [sp.eos_id()] + prompt_ids
         idx = torch.tensor([ids], device=device)
         full = model.generate(
             idx,
@@ -101,7 +106,8 @@ def samples(model: Llama, sp: spm.SentencePieceProcessor, cfg: SampleConfig, dev
             eos_id=sp.eos_id() if sp.eos_id() >= 0 else None,
             generator=gen,
         )
-        out.append((prompt, sp.decode(full[0, len(ids) :].tolist())))
+        head = sp.decode(prompt_ids)
+        out.append((prompt, sp.decode(prompt_ids + full[0, len(ids) :].tolist())[len(head) :]))
     model.train(was_training)
     return out
 

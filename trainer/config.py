@@ -133,6 +133,24 @@ class TrainConfig:
     keep_last: int = 3
     overfit_check: OverfitCheckConfig = field(default_factory=OverfitCheckConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    # Experiment trackers, by accelerate's names: tensorboard (under runs/<run>/tensorboard/),
+    # wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio; [] for none.
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+
+
+@dataclass
+class EvalConfig:
+    """What `jobs eval` measures besides val loss and bits per byte."""
+
+    tasks: list[str] = field(default_factory=list)  # zero-shot multiple choice: hellaswag, arc_easy
+    limit: int | None = None  # items per task (None: all); a quick look, not a comparable score
+    batch_size: int = 32  # sequences (one per choice) per forward pass
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be at least 1 (or null for all), got {self.limit}")
 
 
 @dataclass
@@ -150,6 +168,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     cost: CostConfig = field(default_factory=CostConfig)
 
 

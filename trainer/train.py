@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import sys
 import time
@@ -23,13 +24,13 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from trainer import checkpoint
+from trainer import checkpoint, tracking
 from trainer.checks import append_samples, load_tokenizer, overfit_check, samples
 from trainer.config import Config, ConfigError, TrainConfig, to_dict
 from trainer.cost import device_name, peak_flops
 from trainer.data import TokenData
 from trainer.errors import UserError
-from trainer.evaluate import plot_metrics, val_loss
+from trainer.evaluate import bits_per_byte, plot_metrics, val_bytes_per_token, val_loss
 from trainer.model import Llama
 from trainer.units import fmt_duration
 
@@ -60,10 +61,10 @@ def make_optimizer(model: Llama, t: TrainConfig, fused: bool) -> torch.optim.Ada
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused)
 
 
-def build_training(cfg: Config) -> tuple[Accelerator, torch.nn.Module, torch.optim.Optimizer]:
-    """The accelerator, the prepared (and maybe compiled) model and its optimizer."""
+def build_training(cfg: Config, trackers: dict | None = None) -> tuple[Accelerator, torch.nn.Module, torch.optim.Optimizer]:
+    """The accelerator (with `trackers`: `tracking.tracker_kwargs`), the prepared (and maybe compiled) model and its optimizer."""
     # cpu=True is what makes accelerate pick gloo for several CPU processes.
-    accelerator = Accelerator(mixed_precision=mixed_precision(cfg), cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=mixed_precision(cfg), cpu=not torch.cuda.is_available(), **(trackers or {}))
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
         torch.backends.cudnn.allow_tf32 = cfg.train.tf32
@@ -132,13 +133,15 @@ def train(
     t, T = cfg.train, cfg.model.seq_len
     run_dir = run_dir_of(cfg)
     ckpt_dir = run_dir / "checkpoints"
-    accelerator, model, optimizer = build_training(cfg)
+    accelerator, model, optimizer = build_training(cfg, tracking.tracker_kwargs(cfg, run_dir))
     raw: Llama = accelerator.unwrap_model(model)
     main = accelerator.is_main_process
     device = accelerator.device
 
     data = TokenData(cfg.data.dir, cfg.model.vocab_size, T)
     sp = load_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size, data.meta)
+    n_val = t.eval_batches * t.micro_batch_size
+    val_bpt = val_bytes_per_token(sp, data, n_val)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, t=t))
 
     step, tokens, best = 0, 0, math.inf
@@ -153,7 +156,9 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("metrics.jsonl", "fixed_prompt_samples.txt"):
             (run_dir / stale).unlink(missing_ok=True)  # a fresh run starts fresh logs
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)  # and fresh curves
     accelerator.wait_for_everyone()
+    tracking.start(accelerator, cfg, run_dir)
 
     if t.overfit_check.enabled and not resume:
         n = t.overfit_check.batch_size
@@ -197,12 +202,14 @@ def train(
 
     def evaluate_now() -> float:
         nonlocal best
-        loss = val_loss(model, data, t.eval_batches * t.micro_batch_size, t.micro_batch_size, accelerator)
-        log({"kind": "eval", "step": step, "tokens": tokens, "val_loss": loss})
+        loss = val_loss(model, data, n_val, t.micro_batch_size, accelerator)
+        bpb = bits_per_byte(loss, val_bpt)
+        log({"kind": "eval", "step": step, "tokens": tokens, "val_loss": loss, "val_bpb": bpb})
+        tracking.log(accelerator, {"val/loss": loss, "val/bpb": bpb}, step, tokens)
         if main:
             with accelerator.autocast():
                 append_samples(run_dir / "fixed_prompt_samples.txt", step, samples(raw, sp, t.sample, device))
-            say(f"eval  step {step} | val loss {loss:.4f} | ppl {math.exp(min(loss, 50)):.1f}")
+            say(f"eval  step {step} | val loss {loss:.4f} | ppl {math.exp(min(loss, 50)):.1f} | {bpb:.3f} bits/byte")
         if loss < best:
             best = loss
             save("best")
@@ -211,6 +218,7 @@ def train(
     model.train()
     bar = tqdm(total=end, initial=step, disable=not main or not sys.stderr.isatty(), unit="step", dynamic_ncols=True, desc=t.run_name)
     loss_sum = torch.zeros((), device=device)
+    norm_sum = torch.zeros((), device=device)
     window_steps, window_start, last_loss, state = 0, time.perf_counter(), None, "succeeded"
     with StopFlag() as stop:
         while step < end:
@@ -223,8 +231,8 @@ def train(
                     loss = model(x, y)[1]
                     accelerator.backward(loss / t.grad_accum_steps)
                 loss_sum += loss.detach() / t.grad_accum_steps
-            if t.grad_clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
+            # The norm before clipping (inf: measure only), already the same on every rank.
+            norm_sum += accelerator.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf).detach()
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -240,12 +248,16 @@ def train(
                 mfu = tps * flops / (peak * accelerator.num_processes) if peak else None
                 eta = (end - step) * elapsed / window_steps
                 lr = scheduler.get_last_lr()[0]
+                grad_norm = norm_sum.item() / window_steps
                 log({"kind": "train", "step": step, "loss": last_loss, "lr": lr, "tokens": tokens,
-                     "tokens_per_s": tps, "mfu": mfu, "eta_s": eta})
+                     "tokens_per_s": tps, "mfu": mfu, "grad_norm": grad_norm, "eta_s": eta})
+                tracking.log(accelerator, {"train/loss": last_loss, "train/lr": lr, "train/tokens_per_s": tps,
+                                           "train/mfu": mfu, "train/grad_norm": grad_norm}, step, tokens)
                 mfu_txt = f" | mfu {mfu:.1%}" if mfu is not None else ""
                 say(f"step {step:>6}/{t.max_steps} | loss {last_loss:.4f} | lr {lr:.2e} | "
                           f"{tps:,.0f} tok/s{mfu_txt} | eta {fmt_duration(eta)}")
                 loss_sum.zero_()
+                norm_sum.zero_()
                 window_steps, window_start = 0, time.perf_counter()
 
             if step % t.eval_interval == 0 or step == t.max_steps:
