@@ -3,14 +3,22 @@
 It speaks the endpoints `huggingface_hub` calls for a snapshot download and a
 commit, with the fields the client reads:
 
-- GET  /api/datasets/{repo}/revision/{rev}      repo info with `sha` and `siblings`
-- GET  /api/datasets/{repo}/tree/{rev}[/path]   file entries (type, oid, size, path)
-- HEAD/GET /datasets/{repo}/resolve/{rev}/{path}  the bytes, with `X-Repo-Commit` and `ETag`
+- GET  /api/datasets/{repo}[/revision/{rev}]    repo info with `sha` and `siblings`
+- GET  /api/datasets/{repo}/tree/{rev}[/path]   file entries (type, oid, size, path, and for an LFS file
+                                                 lfs: {oid: sha256, size, pointerSize})
+- HEAD/GET /datasets/{repo}/resolve/{rev}/{path}  the bytes, with `X-Repo-Commit` and `ETag` (for an LFS
+                                                 file also `X-Linked-Etag` / `X-Linked-Size`, the sha256 and size)
 - POST /api/repos/create
 - POST /api/datasets/{repo}/preupload/{rev}     answers uploadMode "regular" for every file,
                                                  so the client sends bytes inline (no LFS, no xet)
 - POST /api/datasets/{repo}/commit/{rev}        the ndjson commit
 - POST /api/validate-yaml                       a README.md's YAML front matter
+
+Which files are LFS follows the Hub's default `.gitattributes` for the
+patterns our repos hold (`*.bin`, `*.model`); as on the Hub, an LFS file's
+git `oid` is its pointer file's, and its content's sha256 is `lfs.oid`.
+`corrupt` names paths served with one byte flipped, while the listing keeps
+the true hashes: what a download damaged in transit looks like.
 
 Model repos are the same under /api/models/... and /{repo}/resolve/...;
 repo ids are kept as "datasets/<id>" and "models/<id>".
@@ -52,6 +60,19 @@ class Repo:
 
 def git_oid(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+LFS_SUFFIXES = (".bin", ".model")  # from the Hub's default .gitattributes
+
+
+def tree_entry(path: str, data: bytes) -> dict:
+    """A file as the Hub's tree endpoint lists it."""
+    entry = {"type": "file", "path": path, "size": len(data), "oid": git_oid(data)}
+    if path.endswith(LFS_SUFFIXES):
+        sha = hashlib.sha256(data).hexdigest()
+        pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n".encode()
+        entry.update(oid=git_oid(pointer), lfs={"oid": sha, "size": len(data), "pointerSize": len(pointer)})
+    return entry
 
 
 class StandInHub:
@@ -141,8 +162,8 @@ class StandInHub:
             def _read(self, head: bool) -> None:
                 self._authorized()
                 path = unquote(urlparse(self.path).path)
-                if m := re.fullmatch(r"/api/(datasets|models)/([^/]+/[^/]+)/revision/([^/]+)", path):
-                    m = (None, f"{m[1]}/{m[2]}", m[3], m[2])
+                if m := re.fullmatch(r"/api/(datasets|models)/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
+                    m = (None, f"{m[1]}/{m[2]}", m[3] or "main", m[2])
                     repo = self._repo(m[1])
                     if repo and self._revision_ok(repo, m[2]):
                         self._json(
@@ -159,7 +180,7 @@ class StandInHub:
                     if repo and self._revision_ok(repo, m[2]):
                         prefix = (m[3] or "").strip("/")
                         entries = [
-                            {"type": "file", "oid": git_oid(data), "size": len(data), "path": p}
+                            tree_entry(p, data)
                             for p, data in sorted(repo.files.items())
                             if not prefix or p.startswith(prefix + "/")
                         ]
@@ -174,7 +195,11 @@ class StandInHub:
                             return
                         if m[3] in hub.corrupt:
                             data = bytes([data[0] ^ 0xFF]) + data[1:]
-                        headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{git_oid(repo.files[m[3]])}"'}
+                        entry = tree_entry(m[3], repo.files[m[3]])
+                        etag = entry["lfs"]["oid"] if "lfs" in entry else entry["oid"]
+                        headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{etag}"'}
+                        if "lfs" in entry:
+                            headers |= {"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data))}
                         rng = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
                         if rng and not head:
                             start = int(rng[1])

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from badinput import assert_refused, snapshot
 from data_fixtures import build_corpus, make_config
 from hub_server import StandInHub
 from jobs import hub
 from jobs.prepare import check_data, run_prepare
 from jobs.tokenizer import sha256_file, train_tokenizer
-from trainer.errors import DataError, UserError
+from seed_format import seed_repo_files, write_seed_data
+from trainer.data import TokenData
+from trainer.errors import UserError
 
 TOKEN = "hf_test_0123456789abcdef"
 
@@ -73,69 +80,117 @@ def test_push_then_pull_round_trips_verified_and_token_stays_secret(prepared, se
     assert TOKEN not in out.out + out.err
 
 
-def test_pull_accepts_the_seed_format_and_drops_zero_padding(prepared, server, tmp_path, capfd):
-    rng = np.random.default_rng(0)
-    train, val = rng.integers(4, 512, 5000, dtype=np.uint16), rng.integers(4, 512, 700, dtype=np.uint16)
-    padded = np.concatenate([train, np.zeros(460, np.uint16)])  # the seed left ~9% zeros at the end
-    seed_meta = {
-        "vocab_size": 512,
-        "dtype": "uint16",
-        "train_tokens": 5000,
-        "val_tokens": 700,
-        "tokenizer": "sentencepiece",
-    }
-    server.add_repo(
-        "ark296/gpt-training-data",
-        {
-            "train.bin": padded.tobytes(),
-            "val.bin": val.tobytes(),
-            "meta.json": json.dumps(seed_meta).encode(),
-        },
-    )
-    dst = elsewhere(prepared, tmp_path, repo="ark296/gpt-training-data")
-    meta = hub.pull(dst)
-    assert "920 bytes past the 5,000 counted tokens (all zero padding)" in capfd.readouterr().out
-    data = Path(dst.data.dir)
-    np.testing.assert_array_equal(np.fromfile(data / "train.bin", dtype=np.uint16), train)
-    assert meta["version"] == 1 and meta["files"]["train"]["tokens"] == 5000 and meta["files"]["val"]["tokens"] == 700
-    assert meta["files"]["train"]["sha256"] == sha256_file(data / "train.bin")
-    assert meta["special_ids"] == {"unk": 0, "bos": 1, "eos": 2, "pad": 3}
-    check_data(dst, deep=True)
+def sync_data(direction: str, cfg, work: Path, server: StandInHub, repo: str, *sets: str):
+    """The real `jobs sync-data` CLI in a subprocess, against the stand-in Hub, with data/ and tokenizer/ in work."""
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HF_ENDPOINT": server.url, "HF_TOKEN": TOKEN, "HF_HOME": str(work.parent / "hf-home")}
+    args = ["--config", str(Path(cfg.data.dir).parent / "config.yaml"), "--set", f"data.dir={work / 'data'}",
+            "--set", f"data.tokenizer={work / 'tokenizer' / 'spm.model'}", "--set", f"hub.repo_id={repo}"]
+    for s in sets:
+        args += ["--set", s]
+    return subprocess.run([sys.executable, "-m", "jobs.runner", "sync-data", direction, *args], cwd=work,
+                          capture_output=True, text=True, timeout=120, env=env)
 
 
-def test_corrupt_download_is_refused_and_leaves_nothing_valid(prepared, server, tmp_path):
-    cfg = dataclasses.replace(
-        prepared, hub=dataclasses.replace(prepared.hub, repo_id="team/data", include_tokenizer=False)
-    )
-    hub.push(cfg)
-    server.corrupt.add("train.bin")
-    dst = elsewhere(prepared, tmp_path)
-    with pytest.raises(DataError, match="train.bin does not match its recorded sha256") as e:
-        hub.pull(dst)
-    assert "\n" not in str(e.value)
-    data = Path(dst.data.dir)
-    assert (
-        not (data / "data_meta.json").exists() and not (data / "train.bin").exists() and not (data / ".pull").exists()
-    )
+def seed_docs(rng: np.random.Generator, n: int, vocab: int) -> list[list[int]]:
+    return [rng.integers(4, vocab, int(rng.integers(20, 200))).tolist() for _ in range(n)]
 
 
-def test_truncated_file_and_vocab_mismatch_are_refused(prepared, server, tmp_path):
-    meta = {"vocab_size": 512, "dtype": "uint16", "train_tokens": 5000, "val_tokens": 10}
-    server.add_repo(
-        "team/short", {"train.bin": bytes(6000), "val.bin": bytes(20), "meta.json": json.dumps(meta).encode()}
-    )
-    with pytest.raises(DataError, match="train.bin is truncated: 6,000 bytes for 5,000 tokens"):
-        hub.pull(elsewhere(prepared, tmp_path / "a", repo="team/short"))
-    server.add_repo(
-        "team/big",
-        {
-            "train.bin": bytes(10),
-            "val.bin": bytes(10),
-            "meta.json": json.dumps({**meta, "vocab_size": 32000, "train_tokens": 5, "val_tokens": 5}).encode(),
-        },
-    )
-    with pytest.raises(DataError, match="pulled data has vocab 32000 but the config says 512"):
-        hub.pull(elsewhere(prepared, tmp_path / "b", repo="team/big"))
+def seed_repo(tmp: Path, vocab: int, **meta_changes) -> tuple[dict[str, bytes], dict]:
+    """The seed's writer's output for 5,000 train and 600 val tokens, as repo files; and its meta."""
+    rng = np.random.default_rng(7)
+    meta = write_seed_data(tmp, seed_docs(rng, 80, vocab), seed_docs(rng, 12, vocab), 5000, 600, vocab)
+    files = seed_repo_files(tmp)
+    if meta_changes:
+        files["data_meta.json"] = json.dumps({**meta, **meta_changes}, indent=2).encode()
+    return files, meta
+
+
+def test_pull_of_the_seed_format_lands_exact_tokens_and_drops_the_padding(prepared, server, tmp_path):
+    files, meta = seed_repo(tmp_path / "seed", prepared.vocab_size)
+    text = files["data_meta.json"].decode()
+    assert '"dtype": "<class \'numpy.uint16\'>"' in text and text.startswith('{\n  "')  # str(np.uint16), indent=2
+    server.add_repo("ark296/gpt-training-data", files)
+    p = sync_data("pull", prepared, tmp_path / "work", server, "ark296/gpt-training-data")
+    assert p.returncode == 0, p.stdout + p.stderr
+    data = tmp_path / "work" / "data"
+    padding = {}
+    for split, target in (("train", 5000), ("val", 600)):
+        written = np.frombuffer(files[f"{split}.bin"], dtype=np.uint16)
+        counted = meta[f"{split}_tokens"]
+        assert len(written) == target + target // 10 and counted >= target and not written[counted:].any()
+        np.testing.assert_array_equal(np.fromfile(data / f"{split}.bin", dtype=np.uint16), written[:counted])
+        padding[split] = len(written) - counted
+    summary = [line for line in p.stdout.splitlines() if "zero padding" in line]
+    assert len(summary) == 1, p.stdout
+    assert f"{meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens" in summary[0]
+    assert f"dropped {padding['train']:,} + {padding['val']:,} zero padding tokens" in summary[0]
+    pulled = json.loads((data / "data_meta.json").read_text())
+    assert pulled["dtype"] == "uint16" and pulled["tokenizer_sha256"] is None
+    assert pulled["files"]["train"]["sha256"] == sha256_file(data / "train.bin")
+    loaded = TokenData(data, prepared.vocab_size, 32)
+    assert len(loaded.train.tokens) == meta["train_tokens"] and len(loaded.val.tokens) == meta["val_tokens"]
+    assert not (tmp_path / "work" / "tokenizer").exists(), "the seed's repo has no tokenizer, so none lands"
+
+
+@pytest.mark.parametrize("spelling", ["uint16", "<u2", "u2", "H", "numpy.uint16", "<class 'numpy.uint16'>",
+                                      "dtype('uint16')", ">u2", "uint32", "<class 'numpy.uint32'>", "<u4", "int32"])
+def test_pull_reads_every_dtype_spelling(prepared, server, tmp_path, spelling):
+    ids = np.random.default_rng(1).integers(0, prepared.vocab_size, 3000)
+    dtype = np.dtype(spelling.split("'")[1].split(".")[-1] if "'" in spelling else spelling.split(".")[-1])
+    meta = {"train_tokens": 2500, "val_tokens": 500, "vocab_size": prepared.vocab_size, "dtype": spelling}
+    server.add_repo("team/spelled", {"train.bin": ids[:2500].astype(dtype).tobytes(),
+                                     "val.bin": ids[2500:].astype(dtype).tobytes(),
+                                     "data_meta.json": json.dumps(meta).encode()})
+    got = hub.pull(dataclasses.replace(elsewhere(prepared, tmp_path, repo="team/spelled"),
+                                       hub=dataclasses.replace(prepared.hub, repo_id="team/spelled")))
+    assert got["dtype"] == dtype.newbyteorder("=").name
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "data" / "train.bin", dtype=got["dtype"]), ids[:2500])
+
+
+def _flip_tail(files: dict) -> None:
+    data = bytearray(files["train.bin"])
+    data[-1] = 7
+    files["train.bin"] = bytes(data)
+
+
+REFUSALS = {
+    # name: (change to the seed's repo, words the one line must hold)
+    "flipped in transit": (lambda files, server: server.corrupt.add("train.bin"), "damaged in transit"),
+    "truncated": (lambda files, server: files.update({"train.bin": files["train.bin"][:4000]}), "truncated"),
+    "non-zero tail": (lambda files, server: _flip_tail(files), "non-zero bytes after"),
+    "path escape": (lambda files, server: files.update({"data_meta.json": _meta(files, files={"train": {"path": "../../../victim"}})}),
+                    "not a file of the repo"),
+    "absolute path": (lambda files, server: files.update({"data_meta.json": _meta(files, files={"val": {"path": "/etc/passwd"}})}),
+                      "not a file of the repo"),
+    "unknown dtype": (lambda files, server: files.update({"data_meta.json": _meta(files, dtype="<class 'numpy.uint12'>")}),
+                      "not a numpy dtype"),
+    "float dtype": (lambda files, server: files.update({"data_meta.json": _meta(files, dtype="float16")}),
+                    "16- or 32-bit integers"),
+    "tokenizer the meta does not name": (lambda files, server: files.update({"tokenizer/spm.model": b"not a model"}),
+                                         "records none"),
+}
+
+
+def _meta(repo: dict, **changes) -> bytes:
+    return json.dumps({**json.loads(repo["data_meta.json"]), **changes}, indent=2).encode()
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_bad_repos_are_refused_and_nothing_changes(prepared, server, tmp_path, case):
+    change, match = REFUSALS[case]
+    files, _ = seed_repo(tmp_path / "seed", prepared.vocab_size)
+    change(files, server)
+    server.add_repo("team/bad", files)
+    work = tmp_path / "a" / "b" / "work"  # deep enough for ../../../victim to land in tmp_path
+    shutil.copytree(prepared.data.dir, work / "data")
+    shutil.copytree(Path(prepared.data.tokenizer).parent, work / "tokenizer")
+    (tmp_path / "victim").write_bytes(b"not yours")
+    before = snapshot(work / "data", work / "tokenizer", tmp_path / "victim", work.parent)
+    p = sync_data("pull", prepared, work, server, "team/bad")
+    after = snapshot(work / "data", work / "tokenizer", tmp_path / "victim", work.parent)
+    before, after = ({k: v for k, v in s.items() if "/runs" not in k and "/hf-home" not in k} for s in (before, after))
+    assert_refused(p.returncode, p.stderr, before, after, match)
 
 
 def test_missing_repo_and_missing_token_are_one_line_errors(prepared, server, tmp_path, monkeypatch):
