@@ -186,15 +186,70 @@ def _native(path: Path, dtype: np.dtype, tokens: int) -> None:
     os.replace(tmp, path)
 
 
-def pull(cfg: JobConfig) -> dict:
+def _given_tokenizer(path: Path, cfg: JobConfig) -> str:
+    """The sha256 of a tokenizer the user names as the one that made a repo's ids, once it loads and fits."""
+    try:
+        n = spm.SentencePieceProcessor(model_file=str(path)).vocab_size()
+    except (RuntimeError, OSError):
+        raise DataError(f"--tokenizer {path} is not a SentencePiece model") from None
+    if n != cfg.vocab_size:
+        raise DataError(f"--tokenizer {path} has vocab {n} but the config says {cfg.vocab_size}")
+    return tok.sha256_file(path)
+
+
+def _stage_tokenizer(cfg: JobConfig, raw: dict, meta_name: str, listing: dict[str, RepoFile], staging: Path,
+                     fetch, given: Path | None, given_sha: str | None) -> tuple[dict[str, Path], str | None]:
+    """The tokenizer files staged to install ({path in staging: destination}) and the hash our meta records.
+
+    A repo's own tokenizer must be the one its meta names; `given` stands in for a repo that ships none."""
+    model, vocab, tmeta = tok.tokenizer_paths(cfg)
+    recorded = raw.get("tokenizer_sha256") or None
+    shipped = {}
+    if cfg.hub.include_tokenizer and f"{TOKENIZER_DIR}/{model.name}" in listing:
+        shipped = {f"{TOKENIZER_DIR}/{p.name}": p for p in (model, vocab, tmeta) if f"{TOKENIZER_DIR}/{p.name}" in listing}
+    if given:
+        if shipped:
+            raise DataError(f"{cfg.hub.repo_id} ships its own tokenizer: pull it without --tokenizer")
+        if recorded not in (None, given_sha):
+            raise DataError(f"--tokenizer {given} is not the tokenizer {meta_name} records (sha256 differs)")
+        staged = {}
+        for src, dst in ((given, model), (given.with_suffix(".vocab"), vocab)):
+            if src.is_file():
+                (staging / TOKENIZER_DIR).mkdir(exist_ok=True)
+                shutil.copyfile(src, staging / TOKENIZER_DIR / dst.name)
+                staged[f"{TOKENIZER_DIR}/{dst.name}"] = dst
+        return staged, given_sha
+    if shipped:
+        for name in shipped:
+            _scan(fetch(name), name, listing[name])
+        staged_model = staging / TOKENIZER_DIR / model.name
+        if tok.sha256_file(staged_model) != recorded:
+            raise DataError(f"the repo's {TOKENIZER_DIR}/{model.name} is not the tokenizer its {meta_name} records "
+                            f"({'it records none' if not recorded else 'sha256 differs'})")
+        try:
+            n = spm.SentencePieceProcessor(model_file=str(staged_model)).vocab_size()
+        except RuntimeError:
+            raise DataError(f"the repo's {TOKENIZER_DIR}/{model.name} is not a SentencePiece model") from None
+        if n != cfg.vocab_size:
+            raise DataError(f"the repo's tokenizer has vocab {n} but the config says {cfg.vocab_size}")
+        return shipped, recorded
+    if recorded and model.is_file() and tok.sha256_file(model) != recorded:
+        raise DataError(f"pulled data was made with another tokenizer than {model}, and the repo has none")
+    return {}, recorded
+
+
+def pull(cfg: JobConfig, given: Path | None = None) -> dict:
     """Download cfg.hub.repo_id into cfg.data.dir (and its tokenizer beside it), verified; returns our meta.
 
     Everything is downloaded into a staging folder and checked there: every file against the Hub's hashes,
     the meta's paths against the repo's listing, the counted tokens against the file sizes, the padding
-    past them for zeros, the tokenizer against the meta. Only then does anything move into place."""
+    past them for zeros, the tokenizer against the meta. Only then does anything move into place.
+    `given` is the tokenizer that made the ids of a repo that ships none: it is recorded in the meta and
+    lands at data.tokenizer."""
     hub = cfg.hub
     data_dir = Path(cfg.data.dir)
     model, vocab, tmeta = tok.tokenizer_paths(cfg)
+    given_sha = _given_tokenizer(given, cfg) if given else None
     api = HfApi(endpoint=_endpoint(), token=_token())
     try:  # one commit for the listing and every download, so the hashes describe the bytes we get
         commit = api.repo_info(hub.repo_id, repo_type=hub.repo_type, revision=hub.revision).sha
@@ -248,26 +303,7 @@ def pull(cfg: JobConfig) -> dict:
                 raise DataError(f"pulled {name} does not match the sha256 in {meta_name}")
             staged[split], padding[split] = name, (size - want) // dtype.itemsize
             files[split] = {"path": f"{split}.bin", "tokens": tokens, "sha256": sha}
-        tokenizer = {f"{TOKENIZER_DIR}/{p.name}": p for p in (model, vocab, tmeta)} if hub.include_tokenizer else {}
-        tokenizer = {name: dst for name, dst in tokenizer.items() if name in listing}
-        recorded_tok = raw.get("tokenizer_sha256") or None
-        if f"{TOKENIZER_DIR}/{model.name}" in tokenizer:
-            for name in tokenizer:
-                _scan(fetch(name), name, listing[name])
-            got = tok.sha256_file(staging / TOKENIZER_DIR / model.name)
-            if got != recorded_tok:
-                raise DataError(f"the repo's {TOKENIZER_DIR}/{model.name} is not the tokenizer its {meta_name} "
-                                f"records ({'it records none' if not recorded_tok else 'sha256 differs'})")
-            try:
-                n = spm.SentencePieceProcessor(model_file=str(staging / TOKENIZER_DIR / model.name)).vocab_size()
-            except RuntimeError:
-                raise DataError(f"the repo's {TOKENIZER_DIR}/{model.name} is not a SentencePiece model") from None
-            if n != cfg.vocab_size:
-                raise DataError(f"the repo's tokenizer has vocab {n} but the config says {cfg.vocab_size}")
-        else:
-            tokenizer = {}
-            if recorded_tok and model.is_file() and tok.sha256_file(model) != recorded_tok:
-                raise DataError(f"pulled data was made with another tokenizer than {model}, and the repo has none")
+        tokenizer, recorded_tok = _stage_tokenizer(cfg, raw, meta_name, listing, staging, fetch, given, given_sha)
         # Checked: now shape the staged copies (never the files in data/) into our format.
         for split in SPLITS:
             path, tokens = staging / staged[split], files[split]["tokens"]
@@ -297,7 +333,8 @@ def pull(cfg: JobConfig) -> dict:
         os.replace(staging / staged[split], data_dir / f"{split}.bin")
     if tokenizer:
         model.parent.mkdir(parents=True, exist_ok=True)
-        tmeta.unlink(missing_ok=True)
+        for stale in (tmeta, vocab):  # another tokenizer's
+            stale.unlink(missing_ok=True)
         for name in sorted(tokenizer, key=lambda n: n.endswith(tmeta.name)):  # its meta (the hash) last
             os.replace(staging / name, tokenizer[name])
     atomic_write_json(data_dir / "data_meta.json", meta, mode=0o644)
@@ -306,9 +343,9 @@ def pull(cfg: JobConfig) -> dict:
     print(
         f"pull: {files['train']['tokens']:,} train + {files['val']['tokens']:,} val tokens from {hub.repo_id} "
         f"at {commit[:12]} into {data_dir}, verified against the Hub's hashes{dropped}"
-        f"{'; tokenizer from the repo' if tokenizer else ''}"
+        f"{'; tokenizer ' + ('from ' + str(given) if given else 'from the repo') if tokenizer else ''}"
     )
     if not recorded_tok:
-        print(f"pull: {hub.repo_id} does not record the tokenizer these ids were made with; "
-              f"training will ask which one (see data.allow_unknown_tokenizer)")
+        print(f"pull: {hub.repo_id} does not record the tokenizer these ids were made with: name it with "
+              "--tokenizer PATH, or train with data.allow_unknown_tokenizer: true")
     return meta

@@ -186,15 +186,18 @@ def sync_data(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     smoke: SmokeOpt = False,
+    tokenizer: Annotated[Optional[Path], typer.Option(
+        help="pull: the tokenizer these ids were made with, for a repo that ships none (lands at data.tokenizer).")] = None,
 ) -> None:
-    """Move pre-tokenized data between data/ and a Hugging Face dataset repo (token from HF_TOKEN)."""
+    """Move pre-tokenized data and its tokenizer between data/ and a Hugging Face dataset repo (token from HF_TOKEN)."""
     from jobs import hub
 
-    if direction not in ("pull", "push"):
-        fail(f"sync-data takes 'pull' or 'push', not {direction!r}")
+    if direction not in ("pull", "push") or (tokenizer and direction == "push"):
+        fail(f"sync-data takes 'pull [--tokenizer PATH]' or 'push', not {direction!r}")
         raise typer.Exit(2)
     cfg = load_or_exit(config, set_, smoke)
-    run_job(job_file(cfg, f"sync-data-{direction}"), lambda: getattr(hub, direction)(cfg) and None)
+    work = (lambda: hub.pull(cfg, tokenizer)) if direction == "pull" else (lambda: hub.push(cfg))
+    run_job(job_file(cfg, f"sync-data-{direction}"), lambda: work() and None)
 
 
 # --- model -----------------------------------------------------------------------
@@ -372,7 +375,7 @@ def run_eval(cfg: JobConfig, folder: Path | None) -> None:
     folder = folder or default_checkpoint(cfg)
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg))
     data = TokenData(cfg.data.dir, cfg.model.vocab_size, cfg.model.seq_len)
-    sp = load_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size, data.meta)
+    sp = load_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size, data.meta, cfg.data.allow_unknown_tokenizer)
     model = Llama(cfg.model)
     checkpoint.load_weights(folder, model)
     model = model.to(accelerator.device)
@@ -380,7 +383,7 @@ def run_eval(cfg: JobConfig, folder: Path | None) -> None:
     t = cfg.train
     loss = val_loss(model, data, t.eval_batches * t.micro_batch_size, t.micro_batch_size, accelerator)
     with accelerator.autocast(), torch.no_grad():
-        pairs = samples(model, sp, t.sample, accelerator.device)
+        pairs = samples(model, sp, t.sample, accelerator.device) if sp is not None else []
     summary = eval_summary(loss, state["step"], state["tokens"], pairs, str(folder))
     atomic_write_json(run_dir(cfg) / "eval.json", summary)
     report = write_report(run_dir(cfg), cfg.cost.hourly_rate, model.num_params())
@@ -409,7 +412,7 @@ def export(
         folder = checkpoint or default_checkpoint(cfg)
         meta = read_meta(cfg.data.dir) if (Path(cfg.data.dir) / "data_meta.json").is_file() else None
         card = ex.model_card(run_dir(cfg), cfg.model, meta, cfg.cost.hourly_rate)
-        target = ex.export(folder, out or run_dir(cfg) / "hf", cfg.model, Path(cfg.data.tokenizer), card)
+        target = ex.export(folder, out or run_dir(cfg) / "hf", cfg.model, Path(cfg.data.tokenizer), card, meta)
         print(f"exported {folder} -> {target} (load with AutoModelForCausalLM.from_pretrained)")
         if push:
             print(f"pushed to {push} at {ex.push(target, push)[:12]}")
@@ -496,9 +499,17 @@ def print_outputs(cfg: JobConfig) -> None:
 
 
 def tokenizer_done(cfg: JobConfig) -> bool:
-    from jobs.tokenizer import tokenizer_is_valid
+    """Data already here (pulled or prepared) decides: its own tokenizer, never a fresh one for its ids."""
+    from jobs.prepare import data_is_valid
+    from jobs.tokenizer import sha256_file, tokenizer_is_valid
+    from trainer.checks import data_tokenizer
+    from trainer.data import read_meta
 
-    return tokenizer_is_valid(cfg)
+    if not data_is_valid(cfg):
+        return tokenizer_is_valid(cfg)
+    sha = data_tokenizer(read_meta(cfg.data.dir), cfg.data.allow_unknown_tokenizer)  # unknown: refuse, or none needed
+    model = Path(cfg.data.tokenizer)
+    return sha is None or (model.is_file() and sha256_file(model) == sha)
 
 
 def prepare_done(cfg: JobConfig) -> bool:

@@ -80,15 +80,13 @@ def test_push_then_pull_round_trips_verified_and_token_stays_secret(prepared, se
     assert TOKEN not in out.out + out.err
 
 
-def sync_data(direction: str, cfg, work: Path, server: StandInHub, repo: str, *sets: str):
+def sync_data(direction: str, cfg, work: Path, server: StandInHub, repo: str, *extra: str):
     """The real `jobs sync-data` CLI in a subprocess, against the stand-in Hub, with data/ and tokenizer/ in work."""
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_ENDPOINT": server.url, "HF_TOKEN": TOKEN, "HF_HOME": str(work.parent / "hf-home")}
     args = ["--config", str(Path(cfg.data.dir).parent / "config.yaml"), "--set", f"data.dir={work / 'data'}",
             "--set", f"data.tokenizer={work / 'tokenizer' / 'spm.model'}", "--set", f"hub.repo_id={repo}"]
-    for s in sets:
-        args += ["--set", s]
-    return subprocess.run([sys.executable, "-m", "jobs.runner", "sync-data", direction, *args], cwd=work,
+    return subprocess.run([sys.executable, "-m", "jobs.runner", "sync-data", direction, *args, *extra], cwd=work,
                           capture_output=True, text=True, timeout=120, env=env)
 
 
@@ -201,3 +199,84 @@ def test_missing_repo_and_missing_token_are_one_line_errors(prepared, server, tm
     with pytest.raises(UserError, match="HF_TOKEN"):
         hub.push(prepared)
     assert "datasets/nobody/nothing" not in server.repos
+
+
+def jobs_cli(work: Path, *args: str) -> subprocess.CompletedProcess:
+    """A `jobs` command on the smoke config, shrunk to the seed fixture's size, with data/ and tokenizer/ in work."""
+    tiny = ["--set", "model.vocab_size=512", "--set", "model.seq_len=32", "--set", "train.max_steps=4",
+            "--set", "train.eval_interval=2", "--set", "train.eval_batches=1", "--set", "train.overfit_check.enabled=false"]
+    return subprocess.run([sys.executable, "-m", "jobs.runner", *args, "--smoke", *tiny], cwd=work,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def seed_pulled(prepared, server, tmp_path) -> Path:
+    """A working folder holding the seed's data as pulled: no tokenizer, none recorded."""
+    assert prepared.vocab_size == 512
+    files, _ = seed_repo(tmp_path / "seed", prepared.vocab_size)
+    server.add_repo("ark296/gpt-training-data", files)
+    work = tmp_path / "work"
+    p = sync_data("pull", prepared, work, server, "ark296/gpt-training-data")
+    assert p.returncode == 0 and "name it with --tokenizer PATH" in p.stdout, p.stdout + p.stderr
+    return work
+
+
+@pytest.mark.parametrize("command", [["pipeline"], ["train"]])
+def test_data_of_unknown_tokenizer_is_never_paired_silently(seed_pulled, command):
+    """Before: the pipeline trained a fresh tokenizer, skipped prepare and trained on ids it never made."""
+    work = seed_pulled
+    before = snapshot(work / "data", work / "tokenizer")
+    p = jobs_cli(work, *command)
+    assert_refused(p.returncode, p.stderr, before, snapshot(work / "data", work / "tokenizer"),
+                   "does not record the tokenizer its ids were made with")
+    assert "--tokenizer PATH" in p.stderr and "data.allow_unknown_tokenizer: true" in p.stderr
+    assert not (work / "tokenizer").exists(), "no fresh tokenizer was trained for these ids"
+
+
+def test_unknown_tokenizer_trains_when_allowed_without_samples(seed_pulled):
+    p = jobs_cli(seed_pulled, "train", "--set", "data.allow_unknown_tokenizer=true")
+    assert p.returncode == 0, p.stdout + p.stderr
+    run = seed_pulled / "runs" / "smoke"
+    assert (run / "checkpoints" / "final").is_dir() and not (run / "fixed_prompt_samples.txt").exists()
+    assert any('"kind": "eval"' in line for line in (run / "metrics.jsonl").read_text().splitlines())
+
+
+def test_pull_with_the_tokenizer_that_made_the_ids_pairs_them(prepared, server, seed_pulled):
+    given, work = Path(prepared.data.tokenizer), seed_pulled
+    p = sync_data("pull", prepared, work, server, "ark296/gpt-training-data", "--tokenizer", str(given))
+    assert p.returncode == 0, p.stdout + p.stderr
+    meta = json.loads((work / "data" / "data_meta.json").read_text())
+    assert meta["tokenizer_sha256"] == sha256_file(given)
+    assert (work / "tokenizer" / "spm.model").read_bytes() == given.read_bytes()
+    from trainer.checks import load_tokenizer
+
+    assert load_tokenizer(work / "tokenizer" / "spm.model", 512, meta).vocab_size() == 512
+
+
+def test_a_tokenizer_that_does_not_fit_the_ids_is_refused(prepared, server, seed_pulled, tmp_path):
+    work = seed_pulled
+    not_a_model = tmp_path / "notes.model"
+    not_a_model.write_text("hello")
+    before = snapshot(work / "data", work / "tokenizer")
+    p = sync_data("pull", prepared, work, server, "ark296/gpt-training-data", "--tokenizer", str(not_a_model))
+    assert_refused(p.returncode, p.stderr, before, snapshot(work / "data", work / "tokenizer"), "not a SentencePiece model")
+
+
+def test_a_repo_tokenizer_that_is_not_the_metas_is_refused(prepared, server, tmp_path):
+    cfg = dataclasses.replace(prepared, hub=dataclasses.replace(prepared.hub, repo_id="team/data"))
+    hub.push(cfg)
+    other = bytearray(Path(prepared.data.tokenizer).read_bytes())
+    other[-1] ^= 1
+    server.repos["datasets/team/data"].commit({"tokenizer/spm.model": bytes(other)})  # a later commit swaps it
+    work = tmp_path / "work"
+    before = snapshot(work / "data", work / "tokenizer")
+    p = sync_data("pull", prepared, work, server, "team/data")
+    assert_refused(p.returncode, p.stderr, before, snapshot(work / "data", work / "tokenizer"), "sha256 differs")
+
+
+def test_push_of_data_of_unknown_tokenizer_will_not_add_a_tokenizer(prepared, server, seed_pulled):
+    cfg = dataclasses.replace(prepared, data=dataclasses.replace(prepared.data, dir=str(seed_pulled / "data")),
+                              hub=dataclasses.replace(prepared.hub, repo_id="team/copy"))
+    with pytest.raises(UserError, match="records no tokenizer for its ids"):
+        hub.push(cfg)
+    assert "datasets/team/copy" not in server.repos

@@ -138,7 +138,7 @@ def train(
     device = accelerator.device
 
     data = TokenData(cfg.data.dir, cfg.model.vocab_size, T)
-    sp = load_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size, data.meta)
+    sp = load_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size, data.meta, cfg.data.allow_unknown_tokenizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, t=t))
 
     step, tokens, best = 0, 0, math.inf
@@ -200,8 +200,9 @@ def train(
         loss = val_loss(model, data, t.eval_batches * t.micro_batch_size, t.micro_batch_size, accelerator)
         log({"kind": "eval", "step": step, "tokens": tokens, "val_loss": loss})
         if main:
-            with accelerator.autocast():
-                append_samples(run_dir / "fixed_prompt_samples.txt", step, samples(raw, sp, t.sample, device))
+            if sp is not None:  # data of unknown tokenizer: nothing to decode samples with
+                with accelerator.autocast():
+                    append_samples(run_dir / "fixed_prompt_samples.txt", step, samples(raw, sp, t.sample, device))
             say(f"eval  step {step} | val loss {loss:.4f} | ppl {math.exp(min(loss, 50)):.1f}")
         if loss < best:
             best = loss
