@@ -20,6 +20,8 @@ from jobs import hub
 from jobs.prepare import check_data, run_prepare
 from jobs.tokenizer import sha256_file, train_tokenizer
 from seed_format import seed_repo_files, write_seed_data
+from jobs.runner import tokenizer_done
+from trainer.checks import load_tokenizer
 from trainer.data import TokenData
 from trainer.errors import UserError
 
@@ -94,14 +96,11 @@ def seed_docs(rng: np.random.Generator, n: int, vocab: int) -> list[list[int]]:
     return [rng.integers(4, vocab, int(rng.integers(20, 200))).tolist() for _ in range(n)]
 
 
-def seed_repo(tmp: Path, vocab: int, **meta_changes) -> tuple[dict[str, bytes], dict]:
+def seed_repo(tmp: Path, vocab: int) -> tuple[dict[str, bytes], dict]:
     """The seed's writer's output for 5,000 train and 600 val tokens, as repo files; and its meta."""
     rng = np.random.default_rng(7)
     meta = write_seed_data(tmp, seed_docs(rng, 80, vocab), seed_docs(rng, 12, vocab), 5000, 600, vocab)
-    files = seed_repo_files(tmp)
-    if meta_changes:
-        files["data_meta.json"] = json.dumps({**meta, **meta_changes}, indent=2).encode()
-    return files, meta
+    return seed_repo_files(tmp), meta
 
 
 def test_pull_of_the_seed_format_lands_exact_tokens_and_drops_the_padding(prepared, server, tmp_path):
@@ -131,17 +130,21 @@ def test_pull_of_the_seed_format_lands_exact_tokens_and_drops_the_padding(prepar
     assert not (tmp_path / "work" / "tokenizer").exists(), "the seed's repo has no tokenizer, so none lands"
 
 
-@pytest.mark.parametrize("spelling", ["uint16", "<u2", "u2", "H", "numpy.uint16", "<class 'numpy.uint16'>",
-                                      "dtype('uint16')", ">u2", "uint32", "<class 'numpy.uint32'>", "<u4", "int32"])
+SPELLINGS = {  # how numpy (str, repr, .str, .char, the class) and the seed spell a dtype: the bytes it means
+    "uint16": "<u2", "<u2": "<u2", "u2": "<u2", "H": "<u2", "numpy.uint16": "<u2", str(np.uint16): "<u2",
+    repr(np.dtype("uint16")): "<u2", ">u2": ">u2", "uint32": "<u4", str(np.uint32): "<u4", "<u4": "<u4", "int32": "<i4",
+}
+
+
+@pytest.mark.parametrize("spelling", sorted(SPELLINGS))
 def test_pull_reads_every_dtype_spelling(prepared, server, tmp_path, spelling):
     ids = np.random.default_rng(1).integers(0, prepared.vocab_size, 3000)
-    dtype = np.dtype(spelling.split("'")[1].split(".")[-1] if "'" in spelling else spelling.split(".")[-1])
+    dtype = np.dtype(SPELLINGS[spelling])
     meta = {"train_tokens": 2500, "val_tokens": 500, "vocab_size": prepared.vocab_size, "dtype": spelling}
     server.add_repo("team/spelled", {"train.bin": ids[:2500].astype(dtype).tobytes(),
                                      "val.bin": ids[2500:].astype(dtype).tobytes(),
                                      "data_meta.json": json.dumps(meta).encode()})
-    got = hub.pull(dataclasses.replace(elsewhere(prepared, tmp_path, repo="team/spelled"),
-                                       hub=dataclasses.replace(prepared.hub, repo_id="team/spelled")))
+    got = hub.pull(elsewhere(prepared, tmp_path, repo="team/spelled"))
     assert got["dtype"] == dtype.newbyteorder("=").name
     np.testing.assert_array_equal(np.fromfile(tmp_path / "data" / "train.bin", dtype=got["dtype"]), ids[:2500])
 
@@ -248,9 +251,10 @@ def test_pull_with_the_tokenizer_that_made_the_ids_pairs_them(prepared, server, 
     meta = json.loads((work / "data" / "data_meta.json").read_text())
     assert meta["tokenizer_sha256"] == sha256_file(given)
     assert (work / "tokenizer" / "spm.model").read_bytes() == given.read_bytes()
-    from trainer.checks import load_tokenizer
-
     assert load_tokenizer(work / "tokenizer" / "spm.model", 512, meta).vocab_size() == 512
+    cfg = dataclasses.replace(prepared, data=dataclasses.replace(
+        prepared.data, dir=str(work / "data"), tokenizer=str(work / "tokenizer" / "spm.model")))
+    assert tokenizer_done(cfg), "the pipeline uses this tokenizer rather than training a fresh one"
 
 
 def test_a_tokenizer_that_does_not_fit_the_ids_is_refused(prepared, server, seed_pulled, tmp_path):
