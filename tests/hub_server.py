@@ -17,8 +17,9 @@ commit, with the fields the client reads:
 Which files are LFS follows the Hub's default `.gitattributes` for the
 patterns our repos hold (`*.bin`, `*.model`); as on the Hub, an LFS file's
 git `oid` is its pointer file's, and its content's sha256 is `lfs.oid`.
-`corrupt` names paths served with one byte flipped, while the listing keeps
-the true hashes: what a download damaged in transit looks like.
+`corrupt` names paths served with one byte flipped, and `cut_short` paths
+served short, while the listing keeps the true hashes and sizes: what a
+download damaged in transit looks like.
 
 Model repos are the same under /api/models/... and /{repo}/resolve/...;
 repo ids are kept as "datasets/<id>" and "models/<id>".
@@ -81,6 +82,7 @@ class StandInHub:
         self.repos: dict[str, Repo] = {}
         self.auth_seen: list[str] = []
         self.corrupt: set[str] = set()  # paths served with one byte flipped
+        self.cut_short: set[str] = set()  # paths whose download stops 100 bytes early
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -195,11 +197,13 @@ class StandInHub:
                             return
                         if m[3] in hub.corrupt:
                             data = bytes([data[0] ^ 0xFF]) + data[1:]
+                        if m[3] in hub.cut_short:
+                            data = data[:-100]
                         entry = tree_entry(m[3], repo.files[m[3]])
                         etag = entry["lfs"]["oid"] if "lfs" in entry else entry["oid"]
                         headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{etag}"'}
                         if "lfs" in entry:
-                            headers |= {"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data))}
+                            headers |= {"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(entry["size"])}
                         rng = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
                         if rng and not head:
                             start = int(rng[1])

@@ -158,6 +158,7 @@ def _flip_tail(files: dict) -> None:
 REFUSALS = {
     # name: (change to the seed's repo, words the one line must hold)
     "flipped in transit": (lambda files, server: server.corrupt.add("train.bin"), "damaged in transit"),
+    "cut short in transit": (lambda files, server: server.cut_short.add("val.bin"), "val.bin"),
     "truncated": (lambda files, server: files.update({"train.bin": files["train.bin"][:4000]}), "truncated"),
     "non-zero tail": (lambda files, server: _flip_tail(files), "non-zero bytes after"),
     "path escape": (lambda files, server: files.update({"data_meta.json": _meta(files, files={"train": {"path": "../../../victim"}})}),
