@@ -5,8 +5,8 @@ The seed (github arksomething/gpt, `scripts/prepare_data.py`) published
 
 - The files: `np.memmap(path, dtype=np.uint16, mode="w+", shape=(n,))`, filled
   document by document with `[1] + sp.encode(text) + [2]` (BOS, ids, EOS) until
-  the target is reached, the last document cut to fit (`_write_tokens`), then
-  `flush()`; the meta counts the tokens written. A memmap opened "w+" is zeros
+  the target is reached (`_write_tokens` cuts a document only at the end of the
+  file), then `flush()`; the meta counts the tokens written. A memmap opened "w+" is zeros
   wherever nothing was written. The published files are sized
   target + target // 10 tokens, so every file ends in a zero tail past the
   counted tokens (issue 11 measured this on the published repo; the stored
@@ -16,7 +16,7 @@ The seed (github arksomething/gpt, `scripts/prepare_data.py`) published
   vocab_size, docs_seen, mean/min/max_doc_len, out_of_range_docs, created_at as
   `datetime.utcnow().isoformat() + "Z"`) and its `"dtype": str(dtype)` with
   `dtype = np.uint16`, the class, which str() spells "<class 'numpy.uint16'>"
-  (commit 08c9eaf). No sha256 of any file and no tokenizer hash; no tokenizer
+  (commit 08c9eaf, which puts it after vocab_size). No sha256 of any file and no tokenizer hash; no tokenizer
   in the repo.
 """
 
@@ -38,7 +38,7 @@ def _write_tokens(arr: np.memmap, idx: int, tokens: list[int]) -> int:
 
 
 def write_seed_data(out: Path, train_docs: list[list[int]], val_docs: list[list[int]], target_train: int,
-                    target_val: int, vocab_size: int, created_at: str = "2025-01-01T00:00:00.000000Z") -> dict:
+                    target_val: int, vocab_size: int, created_at: str = "2025-01-01T12:34:56.789012Z") -> dict:
     """train.bin, val.bin and data_meta.json in `out`, as the seed writes them; returns the meta."""
     out.mkdir(parents=True, exist_ok=True)
     counts, lens = {}, []
