@@ -193,7 +193,8 @@ def sync_data(
     from jobs import hub
 
     if direction not in ("pull", "push") or (tokenizer and direction == "push"):
-        fail(f"sync-data takes 'pull [--tokenizer PATH]' or 'push', not {direction!r}")
+        fail(f"sync-data takes 'pull' or 'push', not {direction!r}" if direction not in ("pull", "push")
+             else "--tokenizer is for pull: push sends the tokenizer at data.tokenizer")
         raise typer.Exit(2)
     cfg = load_or_exit(config, set_, smoke)
     work = (lambda: hub.pull(cfg, tokenizer)) if direction == "pull" else (lambda: hub.push(cfg))
