@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from trainer import checkpoint
+from trainer.checks import load_tokenizer
 from trainer.errors import UserError
 from trainer.model import Llama, ModelConfig
 
@@ -80,10 +81,15 @@ def to_hf(model: Llama):
     return hf.eval()
 
 
-def export(checkpoint_dir: Path, out: Path, model_cfg: ModelConfig, tokenizer: Path | None, card: str = "") -> Path:
-    """Write config.json + model.safetensors (and the tokenizer and README.md) that `from_pretrained` loads."""
+def export(checkpoint_dir: Path, out: Path, model_cfg: ModelConfig, tokenizer: Path | None, card: str = "",
+           data_meta: dict | None = None) -> Path:
+    """Write config.json + model.safetensors (and the tokenizer and README.md) that `from_pretrained` loads.
+
+    The tokenizer must fit the model (one piece per embedding row) and be the one the data was made with."""
     if importlib.util.find_spec("transformers") is None:
         raise UserError("export needs transformers: pip install 'llm-forge[export]'")
+    if tokenizer is not None:
+        load_tokenizer(tokenizer, model_cfg.vocab_size, data_meta)
     model = Llama(model_cfg)
     checkpoint.load_weights(checkpoint_dir, model)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -38,7 +38,7 @@ def write_report(run_dir: Path, hourly_rate: float, model_params: int | None = N
         ("final train loss", f"{train[-1]['loss']:.4f}" if train else "-"),
         ("best val loss", f"{min(e['val_loss'] for e in evals):.4f}" if evals else "-"),
         ("eval loss / perplexity", f"{ev['val_loss']:.4f} / {ev['perplexity']:.2f}" if ev else "-"),
-        ("bits per byte (val)", f"{ev['bits_per_byte']:.4f}" if ev and "bits_per_byte" in ev else "-"),
+        ("bits per byte (val)", f"{ev['bits_per_byte']:.4f}" if ev and ev.get("bits_per_byte") is not None else "-"),
         ("tokens/s (mean)", f"{sum(r['tokens_per_s'] for r in train) / len(train):,.0f}" if train else "-"),
         ("MFU (mean)", f"{sum(mfus) / len(mfus):.1%}" if mfus else "n/a (no known peak for this device)"),
         ("training wall time", f"{hours:.2f} h"),

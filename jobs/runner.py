@@ -186,15 +186,19 @@ def sync_data(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     smoke: SmokeOpt = False,
+    tokenizer: Annotated[Optional[Path], typer.Option(
+        help="pull: the tokenizer these ids were made with, for a repo that ships none (lands at data.tokenizer).")] = None,
 ) -> None:
-    """Move pre-tokenized data between data/ and a Hugging Face dataset repo (token from HF_TOKEN)."""
+    """Move pre-tokenized data and its tokenizer between data/ and a Hugging Face dataset repo (token from HF_TOKEN)."""
     from jobs import hub
 
-    if direction not in ("pull", "push"):
-        fail(f"sync-data takes 'pull' or 'push', not {direction!r}")
+    if direction not in ("pull", "push") or (tokenizer and direction == "push"):
+        fail(f"sync-data takes 'pull' or 'push', not {direction!r}" if direction not in ("pull", "push")
+             else "--tokenizer is for pull: push sends the tokenizer at data.tokenizer")
         raise typer.Exit(2)
     cfg = load_or_exit(config, set_, smoke)
-    run_job(job_file(cfg, f"sync-data-{direction}"), lambda: getattr(hub, direction)(cfg) and None)
+    work = (lambda: hub.pull(cfg, tokenizer)) if direction == "pull" else (lambda: hub.push(cfg))
+    run_job(job_file(cfg, f"sync-data-{direction}"), lambda: work() and None)
 
 
 # --- model -----------------------------------------------------------------------
@@ -388,7 +392,10 @@ def run_eval(cfg: JobConfig, folder: Path | None) -> None:
     run = run_dir(cfg)
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg), **tracking.tracker_kwargs(cfg, run))
     data = TokenData(cfg.data.dir, cfg.model.vocab_size, cfg.model.seq_len)
-    sp = load_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size, data.meta)
+    sp = load_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size, data.meta, cfg.data.allow_unknown_tokenizer)
+    if sp is None and tasks:  # allow_unknown_tokenizer: a pipeline still ends with its loss, not an error
+        print(f"eval: skipping {', '.join(t.name for t in tasks)}: they need the tokenizer the data was made with")
+        tasks = []
     items = {task.name: load_items(task, cfg.eval.limit) for task in tasks}  # a Hub problem before any work
     model = Llama(cfg.model)
     checkpoint.load_weights(folder, model)
@@ -399,12 +406,12 @@ def run_eval(cfg: JobConfig, folder: Path | None) -> None:
     loss = val_loss(model, data, n_val, t.micro_batch_size, accelerator)
     scores = {}
     with accelerator.autocast(), torch.no_grad():
-        pairs = samples(model, sp, t.sample, accelerator.device)
+        pairs = samples(model, sp, t.sample, accelerator.device) if sp is not None else []
         for task in tasks:
             scores[task.name] = {**score(model, sp, items[task.name], cfg.model.seq_len, cfg.eval.batch_size,
                                          accelerator.device), "references": task.references}
-    summary = eval_summary(loss, val_bytes_per_token(sp, data, n_val), state["step"], state["tokens"], pairs,
-                           str(folder), scores)
+    bpt = val_bytes_per_token(sp, data, n_val) if sp is not None else None
+    summary = eval_summary(loss, bpt, state["step"], state["tokens"], pairs, str(folder), scores)
     atomic_write_json(run / "eval.json", summary)
     tracking.start(accelerator, cfg, run)
     values = {"eval/val_loss": loss, "eval/bpb": summary["bits_per_byte"]}
@@ -416,8 +423,8 @@ def run_eval(cfg: JobConfig, folder: Path | None) -> None:
         print(f"[{prompt}]{text}")
     for name, s in scores.items():
         print(f"{name}: acc {s['acc']:.4f}, acc_norm {s['acc_norm']:.4f} on {s['n']:,} items")
-    print(f"val loss {loss:.4f}, perplexity {summary['perplexity']:.2f}, {summary['bits_per_byte']:.4f} bits/byte "
-          f"at step {state['step']} -> {run / 'eval.json'}, {report}")
+    bpb = f", {summary['bits_per_byte']:.4f} bits/byte" if bpt is not None else ""
+    print(f"val loss {loss:.4f}, perplexity {summary['perplexity']:.2f}{bpb} at step {state['step']} -> {run / 'eval.json'}, {report}")
 
 
 @app.command()
@@ -439,7 +446,7 @@ def export(
         folder = checkpoint or default_checkpoint(cfg)
         meta = read_meta(cfg.data.dir) if (Path(cfg.data.dir) / "data_meta.json").is_file() else None
         card = ex.model_card(run_dir(cfg), cfg.model, meta, cfg.cost.hourly_rate)
-        target = ex.export(folder, out or run_dir(cfg) / "hf", cfg.model, Path(cfg.data.tokenizer), card)
+        target = ex.export(folder, out or run_dir(cfg) / "hf", cfg.model, Path(cfg.data.tokenizer), card, meta)
         print(f"exported {folder} -> {target} (load with AutoModelForCausalLM.from_pretrained)")
         if push:
             print(f"pushed to {push} at {ex.push(target, push)[:12]}")
@@ -526,9 +533,17 @@ def print_outputs(cfg: JobConfig) -> None:
 
 
 def tokenizer_done(cfg: JobConfig) -> bool:
-    from jobs.tokenizer import tokenizer_is_valid
+    """Data already here (pulled or prepared) decides: its own tokenizer, never a fresh one for its ids."""
+    from jobs.prepare import data_is_valid
+    from jobs.tokenizer import sha256_file, tokenizer_is_valid
+    from trainer.checks import data_tokenizer
+    from trainer.data import read_meta
 
-    return tokenizer_is_valid(cfg)
+    if not data_is_valid(cfg):
+        return tokenizer_is_valid(cfg)
+    sha = data_tokenizer(read_meta(cfg.data.dir), cfg.data.allow_unknown_tokenizer)  # unknown: refuse, or none needed
+    model = Path(cfg.data.tokenizer)
+    return sha is None or (model.is_file() and sha256_file(model) == sha)
 
 
 def prepare_done(cfg: JobConfig) -> bool:

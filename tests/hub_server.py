@@ -4,13 +4,23 @@ It speaks the endpoints `huggingface_hub` calls for a snapshot download and a
 commit, with the fields the client reads:
 
 - GET  /api/datasets/{repo}[/revision/{rev}]    repo info with `sha` and `siblings`
-- GET  /api/datasets/{repo}/tree/{rev}[/path]   entries (type, oid, size, path); folders too unless ?recursive=true
-- HEAD/GET /datasets/{repo}/resolve/{rev}/{path}  the bytes, with `X-Repo-Commit` and `ETag`
+- GET  /api/datasets/{repo}/tree/{rev}[/path]   entries (type, oid, size, path, and for an LFS file
+                                                 lfs: {oid: sha256, size, pointerSize}); folders too
+                                                 unless ?recursive=true
+- HEAD/GET /datasets/{repo}/resolve/{rev}/{path}  the bytes, with `X-Repo-Commit` and `ETag` (for an LFS
+                                                 file also `X-Linked-Etag` / `X-Linked-Size`, the sha256 and size)
 - POST /api/repos/create
 - POST /api/datasets/{repo}/preupload/{rev}     answers uploadMode "regular" for every file,
                                                  so the client sends bytes inline (no LFS, no xet)
 - POST /api/datasets/{repo}/commit/{rev}        the ndjson commit
 - POST /api/validate-yaml                       a README.md's YAML front matter
+
+Which files are LFS follows the Hub's default `.gitattributes` for the
+patterns our repos hold (`*.bin`, `*.model`); as on the Hub, an LFS file's
+git `oid` is its pointer file's, and its content's sha256 is `lfs.oid`.
+`corrupt` names paths served with one byte flipped, and `cut_short` paths
+served short, while the listing keeps the true hashes and sizes: what a
+download damaged in transit looks like.
 
 Model repos are the same under /api/models/... and /{repo}/resolve/...;
 repo ids are kept as "datasets/<id>" and "models/<id>". A revision is `main`, a
@@ -57,12 +67,26 @@ def git_oid(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+LFS_SUFFIXES = (".bin", ".model")  # from the Hub's default .gitattributes
+
+
+def tree_entry(path: str, data: bytes) -> dict:
+    """A file as the Hub's tree endpoint lists it."""
+    entry = {"type": "file", "path": path, "size": len(data), "oid": git_oid(data)}
+    if path.endswith(LFS_SUFFIXES):
+        sha = hashlib.sha256(data).hexdigest()
+        pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n".encode()
+        entry.update(oid=git_oid(pointer), lfs={"oid": sha, "size": len(data), "pointerSize": len(pointer)})
+    return entry
+
+
 class StandInHub:
     def __init__(self, token: str | None = None):
         self.token = token
         self.repos: dict[str, Repo] = {}
         self.auth_seen: list[str] = []
         self.corrupt: set[str] = set()  # paths served with one byte flipped
+        self.cut_short: set[str] = set()  # paths whose download stops 100 bytes early
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -178,7 +202,7 @@ class StandInHub:
                             if "/" in rest and not recursive:  # the Hub lists a subfolder once, as a directory
                                 folders.add(p[: len(p) - len(rest)] + rest.split("/")[0])
                             else:
-                                entries.append({"type": "file", "oid": git_oid(data), "size": len(data), "path": p})
+                                entries.append(tree_entry(p, data))
                         entries += [{"type": "directory", "oid": "0" * 40, "size": 0, "path": d} for d in sorted(folders)]
                         self._json(entries)
                 elif m := re.fullmatch(r"/(datasets/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
@@ -191,7 +215,13 @@ class StandInHub:
                             return
                         if m[3] in hub.corrupt:
                             data = bytes([data[0] ^ 0xFF]) + data[1:]
-                        headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{git_oid(repo.files[m[3]])}"'}
+                        if m[3] in hub.cut_short:
+                            data = data[:-100]
+                        entry = tree_entry(m[3], repo.files[m[3]])
+                        etag = entry["lfs"]["oid"] if "lfs" in entry else entry["oid"]
+                        headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{etag}"'}
+                        if "lfs" in entry:
+                            headers |= {"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(entry["size"])}
                         rng = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
                         if rng and not head:
                             start = int(rng[1])

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
+import pytest
 import sentencepiece as spm
 import torch
 
+from badinput import assert_refused, snapshot
 from conftest import VOCAB, stdlib_text
 from trainer import checkpoint
 from trainer.model import Llama, ModelConfig
@@ -65,3 +68,19 @@ def test_export_push_uploads_the_model_with_its_card(workdir, monkeypatch):
         assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(files)
         local = (workdir / "runs" / "smoke" / "hf" / "model.safetensors").read_bytes()
         assert files["model.safetensors"] == local
+
+
+@pytest.mark.parametrize("case", ["tokenizer smaller than the model", "data of unknown tokenizer"])
+def test_export_refuses_a_tokenizer_that_does_not_fit(workdir, case):
+    """Before: a 32,000-row model went out beside a 2,000-piece tokenizer.json, exit 0."""
+    sets, match = [], "pieces, the model's vocab_size is 2000"  # smoke's model against the 384-piece tokenizer
+    if case == "data of unknown tokenizer":
+        sets, match = ["--set", f"model.vocab_size={VOCAB}"], "does not record the tokenizer"
+        meta = json.loads((workdir / "data" / "data_meta.json").read_text())
+        (workdir / "data" / "data_meta.json").write_text(json.dumps({**meta, "tokenizer_sha256": None}))
+    (workdir / "ckpt").mkdir()
+    before = snapshot(workdir / "data", workdir / "tokenizer", workdir / "ckpt", workdir / "out")
+    p = subprocess.run([sys.executable, "-m", "jobs.runner", "export", "--smoke", "--checkpoint", "ckpt", "--out", "out",
+                        *sets], cwd=workdir, capture_output=True, text=True, timeout=300)
+    after = snapshot(workdir / "data", workdir / "tokenizer", workdir / "ckpt", workdir / "out")
+    assert_refused(p.returncode, p.stderr, before, after, match)

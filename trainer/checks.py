@@ -66,15 +66,33 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_tokenizer(path: str | Path, vocab_size: int, data_meta: dict | None = None) -> spm.SentencePieceProcessor:
-    """The tokenizer, checked against the model and the data it tokenized."""
+def data_tokenizer(data_meta: dict, allow_unknown: bool = False) -> str | None:
+    """The sha256 of the tokenizer the data's ids were made with; None only when it is unknown and allowed.
+
+    Data pulled from a repo that ships no tokenizer (the seed's) records none: pairing it with whatever
+    tokenizer is at hand would train on ids that tokenizer never made, so that needs the user's word."""
+    sha = data_meta.get("tokenizer_sha256")
+    if sha is None and not allow_unknown:
+        raise DataError(
+            "data_meta.json does not record the tokenizer its ids were made with: pull the data again with "
+            "`jobs sync-data pull --tokenizer PATH` naming that tokenizer (it lands at data.tokenizer), "
+            "or set data.allow_unknown_tokenizer: true to train without decoded samples or text evals"
+        )
+    return sha
+
+
+def load_tokenizer(path: str | Path, vocab_size: int, data_meta: dict | None = None,
+                   allow_unknown: bool = False) -> spm.SentencePieceProcessor | None:
+    """The tokenizer, checked against the model and the data it tokenized; None for data of unknown tokenizer."""
+    expected = data_tokenizer(data_meta, allow_unknown) if data_meta is not None else None
+    if data_meta is not None and expected is None:
+        return None
     path = Path(path)
     if not path.is_file():
         raise DataError(f"tokenizer {path} not found: run `jobs tokenizer` or `jobs sync-data pull`")
     sp = spm.SentencePieceProcessor(model_file=str(path))
     if sp.vocab_size() != vocab_size:
         raise DataError(f"tokenizer {path} has {sp.vocab_size()} pieces, the model's vocab_size is {vocab_size}")
-    expected = (data_meta or {}).get("tokenizer_sha256")
     if expected and sha256_file(path) != expected:
         raise DataError(f"tokenizer {path} is not the one the data was tokenized with (sha256 differs from data_meta.json)")
     return sp

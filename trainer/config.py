@@ -79,6 +79,8 @@ class ModelConfig:
 class DataConfig:
     dir: str = "data"  # holds train.bin, val.bin, data_meta.json
     tokenizer: str = "tokenizer/spm.model"
+    # Train on data whose meta records no tokenizer (the seed's), without decoded samples or text evals.
+    allow_unknown_tokenizer: bool = False
 
 
 @dataclass

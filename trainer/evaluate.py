@@ -76,9 +76,9 @@ def val_bytes_per_token(sp: spm.SentencePieceProcessor, data: TokenData, n_windo
     return total_bytes / total_tokens
 
 
-def bits_per_byte(loss: float, bytes_per_token: float) -> float:
-    """Nats per token -> bits per byte."""
-    return loss / math.log(2) / bytes_per_token
+def bits_per_byte(loss: float, bytes_per_token: float | None) -> float | None:
+    """Nats per token -> bits per byte (None when the tokenizer, and so the byte count, is unknown)."""
+    return None if bytes_per_token is None else loss / math.log(2) / bytes_per_token
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -112,7 +112,7 @@ def plot_metrics(run_dir: str | Path) -> Path | None:
     return out
 
 
-def eval_summary(loss: float, bytes_per_token: float, step: int, tokens: int, samples: list[tuple[str, str]],
+def eval_summary(loss: float, bytes_per_token: float | None, step: int, tokens: int, samples: list[tuple[str, str]],
                  checkpoint: str, tasks: dict[str, dict] | None = None) -> dict:
     """`tasks`: {name: {"acc", "acc_norm", "n", ...}} from the multiple-choice evals."""
     return {

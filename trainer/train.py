@@ -139,9 +139,10 @@ def train(
     device = accelerator.device
 
     data = TokenData(cfg.data.dir, cfg.model.vocab_size, T)
-    sp = load_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size, data.meta)
+    sp = load_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size, data.meta, cfg.data.allow_unknown_tokenizer)
     n_val = t.eval_batches * t.micro_batch_size
-    val_bpt = val_bytes_per_token(sp, data, n_val)
+    # Data of unknown tokenizer (sp is None): no bytes to count, no samples to decode.
+    val_bpt = val_bytes_per_token(sp, data, n_val) if sp is not None else None
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, t=t))
 
     step, tokens, best = 0, 0, math.inf
@@ -207,9 +208,11 @@ def train(
         log({"kind": "eval", "step": step, "tokens": tokens, "val_loss": loss, "val_bpb": bpb})
         tracking.log(accelerator, {"val/loss": loss, "val/bpb": bpb}, step, tokens)
         if main:
-            with accelerator.autocast():
-                append_samples(run_dir / "fixed_prompt_samples.txt", step, samples(raw, sp, t.sample, device))
-            say(f"eval  step {step} | val loss {loss:.4f} | ppl {math.exp(min(loss, 50)):.1f} | {bpb:.3f} bits/byte")
+            if sp is not None:
+                with accelerator.autocast():
+                    append_samples(run_dir / "fixed_prompt_samples.txt", step, samples(raw, sp, t.sample, device))
+            bpb_text = f" | {bpb:.3f} bits/byte" if bpb is not None else ""
+            say(f"eval  step {step} | val loss {loss:.4f} | ppl {math.exp(min(loss, 50)):.1f}{bpb_text}")
         if loss < best:
             best = loss
             save("best")
