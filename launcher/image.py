@@ -21,7 +21,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-image_app = typer.Typer(help="Build the project's Docker image and push it to a registry.", no_args_is_help=True)
+image_app = typer.Typer(help="Build the project's Docker image and push it to a registry.", no_args_is_help=True,
+                        rich_markup_mode=None)
 console = Console(stderr=True)
 
 IMAGE_NAME = "llm-forge"
@@ -145,7 +146,10 @@ def push_repository(repository: Optional[str], config: Optional[Path]) -> str:
 
     from launcher.config import load_launcher_config
 
-    repo, _ = parse_repository_tag(load_launcher_config(config).vast.image)
+    image = load_launcher_config(config).vast.image
+    if not image:
+        fail("no repository to push to: give --repository, or set vast.image to <registry>/<namespace>/llm-forge")
+    repo, _ = parse_repository_tag(image)
     if "/" not in repo:
         fail(f"vast.image in the launcher config is {repo!r}, not in a registry: set it to "
              "<registry>/<namespace>/llm-forge, or give --repository")

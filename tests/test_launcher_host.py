@@ -48,6 +48,8 @@ def write_json(path, obj):
     tmp = path.with_suffix(".tmp"); tmp.write_text(json.dumps(obj)); os.replace(tmp, path)
 
 args = sys.argv[1:]
+if args[0] == "--version":  # what the launcher checks after installing the wheel
+    from importlib.metadata import version; print(f"jobs {version('llm-forge')}"); sys.exit(0)
 if args[0] == "sync-data":
     print(f"sync-data {' '.join(args[1:])}: data verified", flush=True); sys.exit(0)
 if args[0] in ("budget-guard", "idle-stop"):  # the real host watchers: they need only job.json, pids, exit files
