@@ -396,7 +396,7 @@ def up(
     apply_job_flags(cfg, config, set_, smoke)
     job = job.value if job else cfg.job.job
     if job not in Job.__members__:  # it reaches a shell on the host: only a known command, checked before renting
-        raise UserError(f"job.job must be one of {', '.join(Job.__members__)}, not {job!r}")
+        raise UserError(f"job.job {job!r} is not one of {', '.join(Job.__members__)}")
     if existing := ctx.state.get(ctx.name):
         lost = instance_lost(ctx, existing) if resume else None
         if lost == SELF_STOPPED:
@@ -699,9 +699,9 @@ def logs(
     sessions = (rec.job.session, GUARD_SESSION, IDLE_SESSION, *ExecJob.__members__)
     session = job or rec.job.session
     if session not in sessions:  # a name that becomes a path on the host: only ours
-        raise UserError(f"--job must be one of {', '.join(dict.fromkeys(sessions))}, not {session!r}")
+        raise UserError(f"--job {session!r} is not one of {', '.join(dict.fromkeys(sessions))}")
     remote = connect(ctx, rec)
-    if not remote.exists(remote.log_path(session)):
+    if not remote.exists(remote.log_path(session)) and not remote.job_alive(session):
         remote.close()
         raise UserError(f"no session {session!r} was started on {rec.name!r}")
     if not follow:

@@ -52,7 +52,7 @@ if args[0] == "--version":  # what the launcher checks after installing the whee
     from importlib.metadata import version; print(f"jobs {version('llm-forge')}"); sys.exit(0)
 if args[0] == "sync-data":
     print(f"sync-data {' '.join(args[1:])}: data verified", flush=True); sys.exit(0)
-if args[0] in ("budget-guard", "idle-stop"):  # the real host watchers: they need only job.json, pids, exit files
+if args[0] in ("budget-guard", "idle-stop", "status"):  # the real host watchers and reader: job.json, pids, exit files
     os.execv(sys.executable, [sys.executable, "-m", "jobs.runner", *args])
 assert args[0] == "train", args
 run = "smoke" if "--smoke" in args else re.search(r"run_name: (\S+)", Path(args[args.index("--config") + 1]).read_text()).group(1)
