@@ -775,7 +775,7 @@ def exec_(
 
 @app.command()
 def pull(
-    dest: Annotated[Optional[Path], typer.Option(help="Local folder for runs (default: pull.dest).")] = None,
+    dest: Annotated[Optional[Path], typer.Option(metavar="DIR", help="Local folder for runs (default: pull.dest).")] = None,
     name: NameOpt = None,
     launcher_config: LauncherConfigOpt = None,
     opt: OptOpt = None,
