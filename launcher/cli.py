@@ -24,9 +24,8 @@ import sys
 import time
 from dataclasses import dataclass
 from enum import Enum
-from importlib.metadata import version
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import click
 import typer
@@ -41,12 +40,14 @@ from launcher.pricing import RankedOffer, ThroughputHistory, rank, within_budget
 from launcher.providers import Instance, Provider, get_provider
 from launcher.providers.base import Offer
 from launcher.providers.vast import LOST, SELF_STOPPED
-from launcher.remote import CONNECTION_ERRORS, Remote, interactive_ssh, local_rsync, rsync_pull, sftp_pull
 from launcher.state import Estimate, JobInfo, Record, State
 from trainer.errors import UserError
 from trainer.fileio import atomic_write_json, atomic_write_text
 from trainer.sizing import bench_hash, run_tokens
 from trainer.units import fmt_duration, fmt_tokens
+
+if TYPE_CHECKING:  # launcher.remote imports paramiko, most of the start time: only commands that reach a host load it
+    from launcher.remote import Remote
 
 app = typer.Typer(
     help="Rent a Vast.ai GPU or reach a Colab / SSH host, run jobs in tmux, tail logs, pull results, tear down.",
@@ -59,9 +60,15 @@ out = Console()
 app.add_typer(image_app, name="image")
 
 
+def project_version() -> str:
+    from importlib.metadata import version
+
+    return version("llm-forge")
+
+
 def print_version(show: bool) -> None:
     if show:
-        print(f"launcher {version('llm-forge')}")
+        print(f"launcher {project_version()}")
         raise typer.Exit()
 
 
@@ -130,6 +137,8 @@ def setup(launcher_config: Path | None, opts: list[str] | None, name: str | None
 def connect(ctx: Ctx, rec: Record, timeout_s: float | None = None, quiet: bool = True) -> Remote:
     if rec.ssh is None:
         raise UserError(f"deployment {rec.name!r} never became reachable; `launcher down --name {rec.name}` clears it")
+    from launcher.remote import Remote
+
     remote = Remote(rec.ssh, rec.workdir, rec.tmux_socket)
     return remote.connect(timeout_s if timeout_s is not None else ctx.cfg.remote.connect_timeout_s, quiet=quiet)
 
@@ -321,7 +330,7 @@ def host_install(cfg: LauncherConfig, provider: str) -> tuple[Path, str] | None:
 
 def check_jobs_version(remote: Remote, jobs_command: str) -> None:
     """The host's `jobs` must be the one this launcher drives: the same version, or the job does not start."""
-    want = f"jobs {version('llm-forge')}"
+    want = f"jobs {project_version()}"
     got = remote.run(f"cd {shlex.quote(remote.workdir)} && {jobs_command} --version", check=False)
     said = (got.out.strip() or got.err.strip()).splitlines()[-1:] or ["nothing"]
     if got.rc != 0 or said[0] != want:
@@ -428,6 +437,8 @@ def deploy(ctx: Ctx, job: str, resume: bool = False) -> Record:
     `resume`: the run's latest checkpoint pulled here goes to the host first and training continues from it,
     and what earlier instances of the run cost counts against cost.max_cost.
     """
+    from launcher.remote import Remote
+
     cfg = ctx.cfg
     plan = plan_job(cfg, job)
     checkpoint_dir = latest_local_checkpoint(cfg, plan.run) if resume else None
@@ -692,6 +703,8 @@ def logs(
     opt: OptOpt = None,
 ) -> None:
     """The job's log (or another session's); -f follows it until it ends."""
+    from launcher.remote import CONNECTION_ERRORS
+
     ctx = setup(launcher_config, opt, name)
     rec = ctx.record()
     if rec.job is None:
@@ -787,6 +800,8 @@ def pull(
 
 def do_pull(ctx: Ctx, rec: Record, dest: Path | None, report: bool = True) -> Path:
     """Bring the run home; record the host's throughput.json in the history; write report.md."""
+    from launcher.remote import local_rsync, rsync_pull, sftp_pull
+
     if rec.job is None:
         raise UserError(f"no job was started on {rec.name!r}: nothing to pull")
     cfg = ctx.cfg.pull
@@ -923,6 +938,8 @@ def ssh(
     rec = ctx.record()
     if rec.ssh is None or not rec.ssh.host_key:
         raise UserError(f"deployment {rec.name!r} was never reached; nothing to ssh into")
+    from launcher.remote import interactive_ssh
+
     ssh_config = ctx.state.write_ssh_files(rec)
     command = None
     if attach:
