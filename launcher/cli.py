@@ -458,8 +458,9 @@ def deploy(ctx: Ctx, job: str, resume: bool = False) -> Record:
         ctx.state.put(rec)  # the label is on record before the purchase, so even an ambiguous create is found
     try:
         instance, target = prov.provision(label, StateLedger(ctx.state, rec), [r.offer for r in ranked] if prov.rents else None)
-        if not cfg.job.smoke:  # a smoke run on a GPU host has no throughput or price worth projecting
-            rec.estimate = next((estimate_of(r) for r in ranked if r.offer.id == instance.offer_id), None)
+        estimate = next((estimate_of(r) for r in ranked if r.offer.id == instance.offer_id), None)
+        # A run that costs less than a cent (the smoke run: "41,717,233 tokens/s ... $0.00") projects nothing.
+        rec.estimate = estimate if estimate and (estimate.total or 0) >= 0.01 else None
         rec.ssh = target
         remote = Remote(target, rec.workdir, rec.tmux_socket).connect(cfg.remote.connect_timeout_s, quiet=False)
         ctx.state.put(rec)  # now with the pinned host key

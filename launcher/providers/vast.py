@@ -202,8 +202,8 @@ class VastProvider:
             "disk": self.cfg.disk_gb,
             "label": label,
             "env": {},  # nothing secret here: Vast shows env to anyone with the instance
-            # SSH sessions do not get the image's ENV (its PATH to python and `jobs`) unless it is in /etc/environment.
-            "onstart": f"mkdir -p {shlex.quote(self.workdir)}; env >> /etc/environment",
+            # SSH sessions do not get the image's ENV (its PATH to python and `jobs`) unless /etc/environment has it.
+            "onstart": f"mkdir -p {shlex.quote(self.workdir)}; echo \"PATH=$PATH\" >> /etc/environment",
             "runtype": "ssh",
         }
         if self.cfg.interruptible:
