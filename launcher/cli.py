@@ -96,11 +96,10 @@ class Job(str, Enum):
 
 
 class ExecJob(str, Enum):
-    """What `exec` may run beside the job on a live host."""
+    """What `exec` may run beside the job on a live host (nothing that wants the GPU to itself)."""
 
     eval = "eval"
     export = "export"
-    benchmark = "benchmark"
     status = "status"
 
 
@@ -302,6 +301,7 @@ def config_flag(cfg: LauncherConfig, sets: list[str], suffix: str = "") -> tuple
     remote_config = f"{cfg.remote.workdir}/.launcher/{train_cfg.train.run_name}{suffix}.yaml"
     upload = {remote_config: yaml.safe_dump(to_dict(train_cfg), sort_keys=False).encode()}
     return train_cfg, f"--config {shlex.quote(remote_config)}", upload
+
 
 def ensure_ssh_key(path: Path) -> str:
     """The public key the rented host must trust; made with ssh-keygen the first time."""
@@ -779,9 +779,9 @@ def exec_(
         remote.start_job(job.value, [command])
     finally:
         remote.close()
-    flag = "" if ctx.name == ctx.cfg.name else f" -n {ctx.name}"
+    name_flag = "" if ctx.name == ctx.cfg.name else f" -n {ctx.name}"
     console.print(f"[green]started[/] `{job.value}` in tmux session {job.value!r} beside {rec.job.session!r}; "
-                  f"follow it: launcher logs --job {job.value} -f{flag}")
+                  f"follow it: launcher logs --job {job.value} -f{name_flag}")
 
 
 # --- pull ------------------------------------------------------------------------------
