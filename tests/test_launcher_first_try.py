@@ -120,7 +120,7 @@ def test_a_job_that_is_not_a_jobs_command_is_refused_before_anything_is_rented(w
 
 def test_exec_runs_beside_the_training_and_logs_follows_any_session(world, capfd):
     world.mp.setenv("FAKE_STEPS", "40")
-    world.mp.setenv("FAKE_SLEEP", "0.25")
+    world.mp.setenv("FAKE_SLEEP", "0.5")  # 20 s of training, for the commands beside it
     world.write_config(remote={"guard_poll_s": 1})
     world.cli(capfd, "up", "-s", "cost.max_cost=50")
     world.wait_job_state("smoke", ("running",))
@@ -128,8 +128,7 @@ def test_exec_runs_beside_the_training_and_logs_follows_any_session(world, capfd
     _, err = world.cli(capfd, "exec", "status")
     assert "started `status` in tmux session 'status' beside 'train'" in err
     out, _ = world.cli(capfd, "logs", "--job", "status", "-f")
-    assert "smoke" in out and "running" in out  # the real `jobs status`, while the training runs
-    assert json.loads((world.workdir / "runs" / "smoke" / "job.json").read_text())["state"] == "running"
+    assert re.search(r"smoke .*train .*running", out), out  # the real `jobs status`, while the training runs
 
     out, _ = world.cli(capfd, "logs", "--job", "budget-guard", "-f")  # ends when the training ends
     assert "budget guard: $50.00 at $0.30/h" in out
