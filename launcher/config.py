@@ -32,7 +32,9 @@ class VastConfig:
     # Pinned to the torch the project is tested with; popular tags are often cached on Vast hosts.
     stock_image: str = "pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime"
     wheel: str | None = None  # stock image: a built wheel to install; None: build one from this checkout
-    install_command: str = "python -m pip install --quiet {wheel}"  # stock image: torch is there already
+    # Stock image: torch is there already. SSH sessions on Vast do not see the image's ENV (its PATH to conda's
+    # python; Vast's docs, "Docker Execution Environment"), so `jobs` goes on the default PATH, as in our own image.
+    install_command: str = "/opt/conda/bin/python -m pip install --quiet {wheel} && ln -sf /opt/conda/bin/jobs /usr/local/bin/jobs"
     label_prefix: str = "llm-forge"  # instances are labelled <prefix>-<name>-<time>; `ls` finds them by it
     ready_timeout_s: float = 900.0  # from create to reachable SSH; past it the instance is destroyed
     poll_interval_s: float = 5.0

@@ -202,9 +202,7 @@ class VastProvider:
             "disk": self.cfg.disk_gb,
             "label": label,
             "env": {},  # nothing secret here: Vast shows env to anyone with the instance
-            # SSH sessions see none of the image's ENV (its PATH to python and `jobs`) unless the onstart script puts
-            # it in /etc/environment (Vast's docs, "Docker Execution Environment"); only PATH: no secret in a 0644 file.
-            "onstart": f"mkdir -p {shlex.quote(self.workdir)}; echo \"PATH=$PATH\" >> /etc/environment",
+            "onstart": f"mkdir -p {shlex.quote(self.workdir)}",
             "runtype": "ssh",
         }
         if self.cfg.interruptible:
