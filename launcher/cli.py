@@ -264,6 +264,8 @@ class JobPlan:
 
 GUARD_SESSION = "budget-guard"
 IDLE_SESSION = "idle-stop"  # stops a rented instance left alone after its job ended (remote.idle_stop_after_s)
+# Every tmux session the launcher starts on a host: what `logs --job` may follow.
+Session = Enum("Session", {s: s for s in (*Job.__members__, GUARD_SESSION, IDLE_SESSION, *ExecJob.__members__)}, type=str)
 
 
 def plan_job(cfg: LauncherConfig, job: str, hourly_rate: float | None = None, since: float | None = None,
@@ -697,8 +699,8 @@ def describe_job(job: JobInfo, record: dict | None, code: int | None, alive: boo
 def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following; reconnect when the connection drops.")] = False,
     lines: Annotated[int, typer.Option(metavar="N", help="Lines of the tail to show (without -f).")] = 50,
-    job: Annotated[Optional[str], typer.Option("--job", metavar="SESSION",
-                                               help=f"Another session's log: {GUARD_SESSION}, {IDLE_SESSION}, or what `exec` started.")] = None,
+    job: Annotated[Optional[Session], typer.Option("--job", help="Another tmux session's log: the budget guard, "
+                                                   "idle-stop, or what `exec` started (default: the job's).")] = None,
     name: NameOpt = None,
     launcher_config: LauncherConfigOpt = None,
     opt: OptOpt = None,
@@ -710,10 +712,7 @@ def logs(
     rec = ctx.record()
     if rec.job is None:
         raise UserError(f"no job was started on {rec.name!r}")
-    sessions = (rec.job.session, GUARD_SESSION, IDLE_SESSION, *ExecJob.__members__)
-    session = job or rec.job.session
-    if session not in sessions:  # a name that becomes a path on the host: only ours
-        raise UserError(f"--job {session!r} is not one of {', '.join(dict.fromkeys(sessions))}")
+    session = job.value if job else rec.job.session
     remote = connect(ctx, rec)
     if not remote.exists(remote.log_path(session)) and not remote.job_alive(session):
         remote.close()

@@ -69,6 +69,8 @@ def test_shell_completion_completes_commands_and_choices(tmp_path):
     assert provider.stdout.split() == ["vast", "colab", "ssh"]
     job = launcher(tmp_path, _LAUNCHER_COMPLETE="complete_bash", COMP_WORDS="launcher exec e", COMP_CWORD="2")
     assert job.stdout.split() == ["eval", "export"]
+    session = launcher(tmp_path, _LAUNCHER_COMPLETE="complete_bash", COMP_WORDS="launcher logs --job b", COMP_CWORD="3")
+    assert session.stdout.split() == ["benchmark", "budget-guard"]
 
 
 @pytest.mark.parametrize("command", [[], ["up"], ["offers"], ["status"], ["logs"], ["exec"], ["pull"], ["down"],

@@ -139,8 +139,11 @@ def test_exec_runs_beside_the_training_and_logs_follows_any_session(world, capfd
         time.sleep(1)
 
     before = snapshot(world.state.dir)
-    code, _, err = run(world, capfd, "logs", "--job", "../../etc/passwd")
-    assert_refused(code, err, before, snapshot(world.state.dir), match="is not one of")
+    code, _, err = run(world, capfd, "logs", "--job", "eval")
+    assert_refused(code, err, before, snapshot(world.state.dir), match="no session 'eval' was started")
+    hostile = subprocess.run([sys.executable, "-c", LAUNCHER, "logs", "--job", "../../etc/passwd"], cwd=world.tmp,
+                             env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
+    assert hostile.returncode != 0 and "is not one of" in hostile.stderr.replace("\n", " ")  # a usage error
     world.cli(capfd, "down")
 
 
