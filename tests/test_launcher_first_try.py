@@ -24,7 +24,8 @@ from test_launcher_host import World
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = "import sys; sys.argv[0] = 'launcher'; from launcher.cli import main; main()"
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux" or not Path("/usr/sbin/sshd").exists(), reason="needs openssh-server")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists(),
+                                reason="needs root (the stand-in's instances log in as root) and openssh-server")
 
 
 @pytest.fixture
