@@ -32,6 +32,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_model.py
 	$(PY) benchmarks/bench_prepare.py
+	$(PY) benchmarks/bench_cli.py
 
 clean-demo:
 	rm -rf data tokenizer runs

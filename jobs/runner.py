@@ -41,6 +41,19 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
+
+def print_version(show: bool) -> None:
+    if show:  # the launcher compares this with its own before it starts a job on the host
+        from importlib.metadata import version
+
+        print(f"jobs {version('llm-forge')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(_: Annotated[bool, typer.Option("--version", callback=print_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+    pass
+
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: configs/train.yaml).")]
 SetOpt = Annotated[
     Optional[list[str]], typer.Option("--set", "-s", help="Override a key: [bold]--set train.lr=3e-4[/] (repeatable).")

@@ -6,6 +6,7 @@
     launcher watch [--auto-resume]       pull checkpoints as they come; at the end pull, report, destroy
     launcher up --resume RUN             a lost instance: continue RUN from its latest pulled checkpoint
     launcher down [--pull]               stop the job, destroy the instance (idempotent)
+    launcher exec eval | logs --job eval another `jobs` command beside the training, and its log
     launcher ssh [--attach] | ls         a shell on the host; everything the launcher knows of
 
 Every deployment is recorded in a local state file right after it is created,
@@ -22,8 +23,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import click
 import typer
@@ -38,31 +40,78 @@ from launcher.pricing import RankedOffer, ThroughputHistory, rank, within_budget
 from launcher.providers import Instance, Provider, get_provider
 from launcher.providers.base import Offer
 from launcher.providers.vast import LOST, SELF_STOPPED
-from launcher.remote import CONNECTION_ERRORS, Remote, interactive_ssh, local_rsync, rsync_pull, sftp_pull
 from launcher.state import Estimate, JobInfo, Record, State, check_name
 from trainer.errors import UserError
 from trainer.fileio import atomic_write_json, atomic_write_text, read_jsonl
+from trainer.sizing import bench_hash, run_tokens
 from trainer.units import fmt_duration, fmt_tokens
+
+if TYPE_CHECKING:  # launcher.remote imports paramiko, most of the start time: only commands that reach a host load it
+    from launcher.remote import Remote
 
 app = typer.Typer(
     help="Rent a Vast.ai GPU or reach a Colab / SSH host, run jobs in tmux, tail logs, pull results, tear down.",
     no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,  # plain help, as click-based CLIs print it (no <bool> beside a flag)
 )
 console = Console(stderr=True)
 out = Console()
 
 app.add_typer(image_app, name="image")
 
+
+def project_version() -> str:
+    from importlib.metadata import version
+
+    return version("llm-forge")
+
+
+def print_version(show: bool) -> None:
+    if show:
+        print(f"launcher {project_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(_: Annotated[bool, typer.Option("--version", callback=print_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+    pass
+
+
+class ProviderName(str, Enum):
+    vast = "vast"
+    colab = "colab"
+    ssh = "ssh"
+
+
+class Job(str, Enum):
+    """The `jobs` commands `up` can start: each takes the training config."""
+
+    train = "train"
+    pipeline = "pipeline"
+    tokenizer = "tokenizer"
+    prepare = "prepare"
+    benchmark = "benchmark"
+    eval = "eval"
+    export = "export"
+
+
+class ExecJob(str, Enum):
+    """What `exec` may run beside the job on a live host (nothing that wants the GPU to itself)."""
+
+    eval = "eval"
+    export = "export"
+    status = "status"
+
+
 LauncherConfigOpt = Annotated[
     Optional[Path],
-    typer.Option("--launcher-config", "-L", envvar="LAUNCHER_CONFIG", help="Launcher YAML (default: configs/launcher.yaml)."),
+    typer.Option("--launcher-config", "-L", envvar="LAUNCHER_CONFIG", metavar="FILE",
+                 help="Launcher YAML (default: configs/launcher.yaml)."),
 ]
 OptOpt = Annotated[
-    Optional[list[str]], typer.Option("--opt", "-o", help="Override a launcher key: [bold]-o vast.max_dph=0.5[/] (repeatable).")
+    Optional[list[str]], typer.Option("--opt", "-o", metavar="KEY=VALUE", help="Override a launcher key: -o vast.max_dph=0.5 (repeatable).")
 ]
-NameOpt = Annotated[Optional[str], typer.Option("--name", "-n", help="Deployment name (default: the config's `name`).")]
+NameOpt = Annotated[Optional[str], typer.Option("--name", "-n", metavar="NAME", help="Deployment name (default: the config's `name`).")]
 
 
 @dataclass
@@ -88,6 +137,8 @@ def setup(launcher_config: Path | None, opts: list[str] | None, name: str | None
 def connect(ctx: Ctx, rec: Record, timeout_s: float | None = None, quiet: bool = True) -> Remote:
     if rec.ssh is None:
         raise UserError(f"deployment {rec.name!r} never became reachable; `launcher down --name {rec.name}` clears it")
+    from launcher.remote import Remote
+
     remote = Remote(rec.ssh, rec.workdir, rec.tmux_socket)
     return remote.connect(timeout_s if timeout_s is not None else ctx.cfg.remote.connect_timeout_s, quiet=quiet)
 
@@ -99,8 +150,8 @@ def provider_for(ctx: Ctx, rec: Record | None = None) -> Provider:
 # --- offers ----------------------------------------------------------------------------
 
 
-ConfigFlag = Annotated[Optional[str], typer.Option("--config", "-c", help="Training config (read and checked here, sent to the host).")]
-SetFlag = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a training key (repeatable).")]
+ConfigFlag = Annotated[Optional[str], typer.Option("--config", "-c", metavar="FILE", help="Training config (read and checked here, sent to the host).")]
+SetFlag = Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a training key (repeatable).")]
 SmokeFlag = Annotated[bool, typer.Option("--smoke", help="The tiny CPU training run (`jobs train --smoke`).")]
 
 
@@ -111,8 +162,8 @@ def offers(
     smoke: SmokeFlag = False,
     launcher_config: LauncherConfigOpt = None,
     opt: OptOpt = None,
-    gpu: Annotated[Optional[list[str]], typer.Option(help="GPU model, Vast's name (repeatable), e.g. 'RTX 4090'.")] = None,
-    max_dph: Annotated[Optional[float], typer.Option(help="$/h cap for the machine.")] = None,
+    gpu: Annotated[Optional[list[str]], typer.Option(metavar="NAME", help="GPU model, Vast's name (repeatable), e.g. 'RTX 4090'.")] = None,
+    max_dph: Annotated[Optional[float], typer.Option(metavar="DOLLARS", help="$/h cap for the machine.")] = None,
     interruptible: Annotated[Optional[bool], typer.Option("--interruptible/--on-demand", help="Bid or on-demand offers.")] = None,
 ) -> None:
     """The Vast offers that fit the config, cheapest per token for the configured model first."""
@@ -123,8 +174,6 @@ def offers(
     ranked = rank_offers(ctx, plan, get_provider(ctx.cfg, "vast").find())
     if not ranked:
         raise UserError("no Vast offer fits the config (vast.gpu_names, max_dph, min_reliability, ...): loosen it")
-    from trainer.cost import run_tokens
-
     table = Table(title=f"Vast offers ({'interruptible' if ctx.cfg.vast.interruptible else 'on-demand'}) for run {plan.run}, "
                         f"{fmt_tokens(run_tokens(plan.train_cfg, ctx.cfg.vast.num_gpus))} tokens, cheapest per token first")
     cols = ("offer", "GPU", "$/h", "tokens/s", "source", "$ / 1B tok", "hours", "total $", "reliability", "inet down Mb/s",
@@ -132,16 +181,18 @@ def offers(
     for col in cols:
         table.add_column(col, justify="left" if col in ("GPU", "source", "where") else "right")
     budget = plan.train_cfg.cost.max_cost
+    any_over = False
     for r in ranked:
         o = r.offer
         over = budget is not None and (r.total is None or r.total > budget)
+        any_over |= over
         table.add_row(o.id, f"{o.num_gpus}x {o.gpu_name}", f"{o.price_per_hour:.3f}", num(r.tokens_per_s, ",.0f"), r.source,
                       num(r.dollars_per_billion, ".3g"), num(r.hours, ".2f"),
                       ("[red]" if over else "") + num(r.total, ".2f") + ("[/]" if over else ""),
                       f"{o.reliability:.3f}", f"{o.inet_down:.0f}", fmt_duration(r.download_min * 60) if r.download_min else "-",
                       o.location)
     out.print(table)
-    note = f"; totals in red are over max_cost ${budget:.2f}" if budget is not None else ""
+    note = f"; totals in red are over max_cost ${budget:.2f}" if any_over else ""
     console.print(f"{len(ranked)} offers; `launcher up --provider vast` rents the cheapest per token that fits{note}")
 
 
@@ -173,8 +224,6 @@ def throughput_history(ctx: Ctx) -> ThroughputHistory:
 
 
 def rank_offers(ctx: Ctx, plan: "JobPlan", found: list[Offer], tokens_done: int = 0) -> list[RankedOffer]:
-    from trainer.cost import bench_hash, run_tokens
-
     tc = plan.train_cfg
     target = max(run_tokens(tc, ctx.cfg.vast.num_gpus) - tokens_done, 0)
     if ctx.cfg.pricing.dataset_gb is not None:
@@ -216,6 +265,8 @@ class JobPlan:
 
 GUARD_SESSION = "budget-guard"
 IDLE_SESSION = "idle-stop"  # stops a rented instance left alone after its job ended (remote.idle_stop_after_s)
+# Every tmux session the launcher starts on a host: what `logs --job` may follow.
+Session = Enum("Session", {s: s for s in (*Job.__members__, GUARD_SESSION, IDLE_SESSION, *ExecJob.__members__)}, type=str)
 
 
 def plan_job(cfg: LauncherConfig, job: str, hourly_rate: float | None = None, since: float | None = None,
@@ -224,21 +275,10 @@ def plan_job(cfg: LauncherConfig, job: str, hourly_rate: float | None = None, si
 
     `hourly_rate` is the rented price: the host's cost guard, budget guard and report use it.
     """
-    from jobs.runner import load
-    from trainer.config import to_dict
-
     jobs, jc = cfg.remote.jobs_command, cfg.job
     sets = jc.set + ([f"cost.hourly_rate={hourly_rate}"] if hourly_rate is not None else [])
-    config = jc.config or "train.yaml"
-    train_cfg = load(None if jc.smoke else Path(config), sets, jc.smoke)  # a bad key stops here with one line
-    run = check_name("run name (train.run_name)", train_cfg.train.run_name)  # a folder here and on the host
-    uploads: dict[str, bytes] = {}
-    if jc.smoke:  # the host has configs/smoke.yaml; overrides travel as flags (never secrets)
-        flag = " ".join(["--smoke", *(f"--set {shlex.quote(s)}" for s in sets)])
-    else:  # the host gets one self-contained file: the config as loaded here, base chain and overrides applied
-        remote_config = f"{cfg.remote.workdir}/.launcher/{run}.yaml"
-        uploads[remote_config] = yaml.safe_dump(to_dict(train_cfg), sort_keys=False).encode()
-        flag = f"--config {shlex.quote(remote_config)}"
+    train_cfg, flag, uploads = config_flag(cfg, sets)
+    run = train_cfg.train.run_name
     # `{config}` in a before-step is the job's own config flag, so sync-data pulls the data that job reads.
     steps = [f"{jobs} {b.replace('{config}', flag)}".rstrip() for b in jc.before]
     steps.append(f"{jobs} {job} {flag}" + (" --resume" if resume else ""))
@@ -249,6 +289,23 @@ def plan_job(cfg: LauncherConfig, job: str, hourly_rate: float | None = None, si
         guard_steps = [f"{jobs} budget-guard {flag} --job train --poll {cfg.remote.guard_poll_s:g}"
                        + (f" --since {since:.3f}" if since is not None else "")]
     return JobPlan(job, run, steps, uploads, guard_steps, train_cfg)
+
+
+def config_flag(cfg: LauncherConfig, sets: list[str], suffix: str = "") -> tuple[JobConfig, str, dict[str, bytes]]:
+    """The training config, loaded and checked here, and how the host's `jobs` gets it: a flag, and files to upload."""
+    from jobs.runner import load
+    from trainer.config import to_dict
+
+    jc = cfg.job
+    train_cfg = load(None if jc.smoke else Path(jc.config or "train.yaml"), sets, jc.smoke)  # a bad key stops here
+    check_name("run name (train.run_name)", train_cfg.train.run_name)  # a folder here and on the host
+    if jc.smoke:  # the host has configs/smoke.yaml; overrides travel as flags (never secrets)
+        return train_cfg, " ".join(["--smoke", *(f"--set {shlex.quote(s)}" for s in sets)]), {}
+    # The host gets one self-contained file: the config as loaded here, base chain and overrides applied.
+    remote_config = f"{cfg.remote.workdir}/.launcher/{train_cfg.train.run_name}{suffix}.yaml"
+    upload = {remote_config: yaml.safe_dump(to_dict(train_cfg), sort_keys=False).encode()}
+    return train_cfg, f"--config {shlex.quote(remote_config)}", upload
+
 
 def ensure_ssh_key(path: Path) -> str:
     """The public key the rented host must trust; made with ssh-keygen the first time."""
@@ -262,11 +319,34 @@ def ensure_ssh_key(path: Path) -> str:
     return pub.read_text().strip()
 
 
-def build_wheel() -> Path:
-    """This checkout as a wheel (for hosts without the image, like Colab)."""
+def host_install(cfg: LauncherConfig, provider: str) -> tuple[Path, str] | None:
+    """The wheel to install on a host that lacks the project (Colab, Vast's stock image) and how; None: it has it."""
+    if provider == "colab" and cfg.colab.install:
+        wheel, command, key = cfg.colab.wheel, cfg.colab.install_command, "colab.wheel"
+    elif provider == "vast" and not cfg.vast.image:
+        wheel, command, key = cfg.vast.wheel, cfg.vast.install_command, "vast.wheel"
+    else:
+        return None
+    if wheel and not Path(wheel).expanduser().is_file():
+        raise UserError(f"{key} {wheel!r} is not a file")
+    return (Path(wheel).expanduser() if wheel else build_wheel(key)), command
+
+
+def check_jobs_version(remote: Remote, jobs_command: str) -> None:
+    """The host's `jobs` must be the one this launcher drives: the same version, or the job does not start."""
+    want = f"jobs {project_version()}"
+    got = remote.run(f"cd {shlex.quote(remote.workdir)} && {jobs_command} --version", check=False)
+    said = (got.out.strip() or got.err.strip()).splitlines()[-1:] or ["nothing"]
+    if got.rc != 0 or said[0] != want:
+        raise UserError(f"`{jobs_command} --version` on the host says {said[0]!r}, this laptop has {want!r}: "
+                        "install the same llm-forge on both (or set remote.jobs_command)")
+
+
+def build_wheel(key: str) -> Path:
+    """This checkout as a wheel (for hosts without the project: Colab, Vast's stock image)."""
     root = Path(__file__).resolve().parent.parent
     if not (root / "pyproject.toml").exists():
-        raise UserError("no checkout to build a wheel from: set colab.wheel to a built llm_forge wheel")
+        raise UserError(f"no checkout to build a wheel from: set {key} to a built llm_forge wheel")
     dist = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm-forge" / "wheels"
     dist.mkdir(parents=True, exist_ok=True)
     for old in dist.glob("llm_forge-*.whl"):
@@ -299,8 +379,8 @@ class StateLedger:
 
 @app.command()
 def up(
-    provider: Annotated[Optional[str], typer.Option(help="vast | colab | ssh (default: the config's).")] = None,
-    job: Annotated[Optional[str], typer.Option(help="The `jobs` command to run: train, pipeline, ...")] = None,
+    provider: Annotated[Optional[ProviderName], typer.Option(help="Where to run (default: the config's).")] = None,
+    job: Annotated[Optional[Job], typer.Option(help="The `jobs` command to run (default: the config's job.job).")] = None,
     config: ConfigFlag = None,
     set_: SetFlag = None,
     smoke: SmokeFlag = False,
@@ -309,11 +389,12 @@ def up(
     watch: Annotated[bool, typer.Option("--watch", help="Then follow the run: pull checkpoints, and at its end pull, report, destroy.")] = False,
     auto_resume: Annotated[Optional[bool], typer.Option("--auto-resume/--no-auto-resume",
                                                         help="With --watch: replace a lost instance and resume (default: watch.auto_resume).")] = None,
-    host: Annotated[Optional[str], typer.Option(help="colab: the *.trycloudflare.com name; ssh: a host or ~/.ssh/config name.")] = None,
-    gpu: Annotated[Optional[list[str]], typer.Option(help="vast: GPU model (repeatable).")] = None,
-    max_dph: Annotated[Optional[float], typer.Option(help="vast: $/h cap.")] = None,
+    host: Annotated[Optional[str], typer.Option(metavar="HOST", help="colab: the *.trycloudflare.com name; ssh: a host or ~/.ssh/config name.")] = None,
+    gpu: Annotated[Optional[list[str]], typer.Option(metavar="NAME", help="vast: GPU model (repeatable).")] = None,
+    max_dph: Annotated[Optional[float], typer.Option(metavar="DOLLARS", help="vast: $/h cap.")] = None,
     interruptible: Annotated[Optional[bool], typer.Option("--interruptible/--on-demand", help="vast: bid or on-demand.")] = None,
-    image: Annotated[Optional[str], typer.Option(help="vast: the image to run.")] = None,
+    image: Annotated[Optional[str], typer.Option(metavar="IMAGE", help="vast: your image with the project in it "
+                                                 "(default: vast.image, else the stock PyTorch image + this checkout's wheel).")] = None,
     name: NameOpt = None,
     launcher_config: LauncherConfigOpt = None,
     opt: OptOpt = None,
@@ -321,14 +402,14 @@ def up(
     """Provision or connect, prepare the host, start the job in tmux, print how to follow it."""
     ctx = setup(launcher_config, opt, name)
     cfg = ctx.cfg
-    cfg.provider = provider or cfg.provider
-    if cfg.provider not in ("vast", "colab", "ssh"):
-        raise UserError(f"--provider must be vast, colab or ssh, not {cfg.provider!r}")
+    cfg.provider = provider.value if provider else cfg.provider
     apply_vast_flags(cfg, gpu, max_dph, interruptible, image)
     if host:
         cfg.colab.host = cfg.ssh.host = host
     apply_job_flags(cfg, config, set_, smoke)
-    job = job or cfg.job.job
+    job = job.value if job else cfg.job.job
+    if job not in Job.__members__:  # it reaches a shell on the host: only a known command, checked before renting
+        raise UserError(f"job.job {job!r} is not one of {', '.join(Job.__members__)}")
     if existing := ctx.state.get(ctx.name):
         lost = instance_lost(ctx, existing) if resume else None
         if lost == SELF_STOPPED:
@@ -360,13 +441,17 @@ def deploy(ctx: Ctx, job: str, resume: bool = False) -> Record:
     `resume`: the run's latest checkpoint pulled here goes to the host first and training continues from it,
     and what earlier instances of the run cost counts against cost.max_cost.
     """
+    from launcher.remote import Remote
+
     cfg = ctx.cfg
     plan = plan_job(cfg, job)
     checkpoint_dir = latest_local_checkpoint(cfg, plan.run) if resume else None
     spent_before = read_spent(cfg, plan.run) if resume else 0.0
     env = {k: os.environ[k] for k in cfg.remote.forward_env if os.environ.get(k)}
-    public_key = ensure_ssh_key(Path(cfg.ssh_key).expanduser()) if cfg.provider == "vast" else None
-    prov = get_provider(cfg, public_key=public_key)
+    prov = get_provider(cfg)  # vast: no API key stops here, before an SSH key is made
+    if prov.name == "vast":
+        prov.public_key = ensure_ssh_key(Path(cfg.ssh_key).expanduser())
+    install = host_install(cfg, prov.name)  # the wheel is built before anything is rented
     label = f"{cfg.vast.label_prefix}-{ctx.name}-{int(time.time())}"
     rec = Record(name=ctx.name, provider=prov.name, label=label, workdir=cfg.remote.workdir,
                  jobs_command=cfg.remote.jobs_command, tmux_socket=cfg.remote.tmux_socket, spent_before=spent_before)
@@ -377,15 +462,18 @@ def deploy(ctx: Ctx, job: str, resume: bool = False) -> Record:
         ctx.state.put(rec)  # the label is on record before the purchase, so even an ambiguous create is found
     try:
         instance, target = prov.provision(label, StateLedger(ctx.state, rec), [r.offer for r in ranked] if prov.rents else None)
-        rec.estimate = next((estimate_of(r) for r in ranked if r.offer.id == instance.offer_id), None)
+        estimate = next((estimate_of(r) for r in ranked if r.offer.id == instance.offer_id), None)
+        # A run that costs less than a cent (the smoke run: "41,717,233 tokens/s ... $0.00") projects nothing.
+        rec.estimate = estimate if estimate and (estimate.total or 0) >= 0.01 else None
         rec.ssh = target
         remote = Remote(target, rec.workdir, rec.tmux_socket).connect(cfg.remote.connect_timeout_s, quiet=False)
         ctx.state.put(rec)  # now with the pinned host key
         ctx.state.write_ssh_files(rec)
         console.print(f"connected to {target.user}@{target.host}:{target.port} (host key pinned)")
         remote.prepare({**env, "CONTAINER_ID": instance.id} if prov.rents and instance.id else env)
-        if prov.name == "colab" and cfg.colab.install:
-            remote.install_wheel(Path(cfg.colab.wheel).expanduser() if cfg.colab.wheel else build_wheel(), cfg.colab.install_command)
+        if install:
+            remote.install_wheel(*install)
+            check_jobs_version(remote, cfg.remote.jobs_command)
         # Billing began at the create; on a resumed run the guard counts what earlier instances cost too.
         since = None
         if prov.rents:
@@ -636,18 +724,25 @@ def describe_job(job: JobInfo, record: dict | None, code: int | None, alive: boo
 @app.command()
 def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following; reconnect when the connection drops.")] = False,
-    lines: Annotated[int, typer.Option(help="Lines of the tail to show (without -f).")] = 50,
+    lines: Annotated[int, typer.Option(metavar="N", help="Lines of the tail to show (without -f).")] = 50,
+    job: Annotated[Optional[Session], typer.Option("--job", help="Another tmux session's log: the budget guard, "
+                                                   "idle-stop, or what `exec` started (default: the job's).")] = None,
     name: NameOpt = None,
     launcher_config: LauncherConfigOpt = None,
     opt: OptOpt = None,
 ) -> None:
-    """The job's log; -f follows it until the job ends."""
+    """The job's log (or another session's); -f follows it until it ends."""
+    from launcher.remote import CONNECTION_ERRORS
+
     ctx = setup(launcher_config, opt, name)
     rec = ctx.record()
     if rec.job is None:
         raise UserError(f"no job was started on {rec.name!r}")
-    session = rec.job.session
+    session = job.value if job else rec.job.session
     remote = connect(ctx, rec)
+    if not remote.exists(remote.log_path(session)) and not remote.job_alive(session):
+        remote.close()
+        raise UserError(f"no session {session!r} was started on {rec.name!r}")
     if not follow:
         print(remote.log_tail(session, lines))
         remote.close()
@@ -680,12 +775,46 @@ def logs(
         remote.close()
 
 
+# --- exec ------------------------------------------------------------------------------
+
+
+@app.command("exec")
+def exec_(
+    job: Annotated[ExecJob, typer.Argument(help="The `jobs` command to run, with the deployment's training config.")],
+    name: NameOpt = None,
+    launcher_config: LauncherConfigOpt = None,
+    opt: OptOpt = None,
+) -> None:
+    """Run another `jobs` command on the live host beside the job, in a tmux session of its own."""
+    ctx = setup(launcher_config, opt, name)
+    rec = ctx.record()
+    if rec.job is None:
+        raise UserError(f"no job was started on {rec.name!r}: `launcher up` first")
+    if job is ExecJob.status:
+        command, uploads = f"{rec.jobs_command} status {shlex.quote(rec.job.run)}", {}
+    else:  # the config the job was started with, in a file of its own (the job's stays as it read it)
+        cfg = ctx.cfg
+        cfg.job.config, cfg.job.set, cfg.job.smoke, cfg.remote.workdir = rec.job.config, list(rec.job.sets), rec.job.smoke, rec.workdir
+        _, flag, uploads = config_flag(cfg, cfg.job.set, suffix=f"-{job.value}")
+        command = f"{rec.jobs_command} {job.value} {flag}"
+    remote = connect(ctx, rec)
+    try:
+        for path, data in uploads.items():
+            remote.write_file(path, data)
+        remote.start_job(job.value, [command])
+    finally:
+        remote.close()
+    name_flag = "" if ctx.name == ctx.cfg.name else f" -n {ctx.name}"
+    console.print(f"[green]started[/] `{job.value}` in tmux session {job.value!r} beside {rec.job.session!r}; "
+                  f"follow it: launcher logs --job {job.value} -f{name_flag}")
+
+
 # --- pull ------------------------------------------------------------------------------
 
 
 @app.command()
 def pull(
-    dest: Annotated[Optional[Path], typer.Option(help="Local folder for runs (default: pull.dest).")] = None,
+    dest: Annotated[Optional[Path], typer.Option(metavar="DIR", help="Local folder for runs (default: pull.dest).")] = None,
     name: NameOpt = None,
     launcher_config: LauncherConfigOpt = None,
     opt: OptOpt = None,
@@ -697,6 +826,8 @@ def pull(
 
 def do_pull(ctx: Ctx, rec: Record, dest: Path | None, report: bool = True) -> Path:
     """Bring the run home; record the host's throughput.json in the history; write report.md."""
+    from launcher.remote import local_rsync, rsync_pull, sftp_pull
+
     if rec.job is None:
         raise UserError(f"no job was started on {rec.name!r}: nothing to pull")
     cfg = ctx.cfg.pull
@@ -836,6 +967,8 @@ def ssh(
     rec = ctx.record()
     if rec.ssh is None or not rec.ssh.host_key:
         raise UserError(f"deployment {rec.name!r} was never reached; nothing to ssh into")
+    from launcher.remote import interactive_ssh
+
     ssh_config = ctx.state.write_ssh_files(rec)
     command = None
     if attach:

@@ -21,13 +21,20 @@ class VastConfig:
     min_reliability: float = 0.98
     disk_gb: float = 60.0  # disk to rent; smaller offers are skipped
     min_inet_down: float = 200.0  # Mb/s, the data comes from the Hub
-    min_cuda: float = 12.8  # the image's CUDA (12.8) refuses to start on an older driver
+    min_cuda: float = 12.8  # the project's image is CUDA 12.8 (the stock image 12.6): older drivers refuse it
     interruptible: bool = False  # bid (cheaper, can be outbid) instead of on-demand
     bid_price: float | None = None  # $/h for interruptible; None: the offer's min_bid + 5%
     order: str = "dph_total"  # offer field to sort by, ascending
     limit: int = 20
-    # What runs on the instance: the project's image (set it to what `launcher image push` pushed).
-    image: str = "llm-forge:latest"
+    # What runs on the instance: your own image with the project in it (what `launcher image push`
+    # pushed), or None: the stock PyTorch image below, with this checkout's wheel installed at start.
+    image: str | None = None
+    # Pinned to the torch the project is tested with; popular tags are often cached on Vast hosts.
+    stock_image: str = "pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime"
+    wheel: str | None = None  # stock image: a built wheel to install; None: build one from this checkout
+    # Stock image: torch is there already. SSH sessions on Vast do not see the image's ENV (its PATH to conda's
+    # python; Vast's docs, "Docker Execution Environment"), so `jobs` goes on the default PATH, as in our own image.
+    install_command: str = "/opt/conda/bin/python -m pip install --quiet {wheel} && ln -sf /opt/conda/bin/jobs /usr/local/bin/jobs"
     label_prefix: str = "llm-forge"  # instances are labelled <prefix>-<name>-<time>; `ls` finds them by it
     ready_timeout_s: float = 900.0  # from create to reachable SSH; past it the instance is destroyed
     poll_interval_s: float = 5.0

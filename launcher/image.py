@@ -21,7 +21,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-image_app = typer.Typer(help="Build the project's Docker image and push it to a registry.", no_args_is_help=True)
+image_app = typer.Typer(help="Build the project's Docker image and push it to a registry.", no_args_is_help=True,
+                        rich_markup_mode=None)
 console = Console(stderr=True)
 
 IMAGE_NAME = "llm-forge"
@@ -79,11 +80,11 @@ def default_build_args(context: Path) -> dict[str, str]:
 @image_app.command()
 def build(
     build_arg: list[str] = typer.Option(
-        [], "--build-arg", help="KEY=VALUE for the Dockerfile, e.g. BASE_IMAGE=..., TORCH_SPEC=..., TORCH_INDEX_URL=..."
+        [], "--build-arg", metavar="KEY=VALUE", help="KEY=VALUE for the Dockerfile, e.g. BASE_IMAGE=..., TORCH_SPEC=..., TORCH_INDEX_URL=..."
     ),
-    tag: list[str] = typer.Option([], "--tag", "-t", help="Extra tags besides llm-forge:<version> and :latest."),
-    context: Path = typer.Option(CHECKOUT, help="The checkout to build (holds docker/Dockerfile)."),
-    network: Optional[str] = typer.Option(None, help="Network for RUN steps, e.g. `host`."),
+    tag: list[str] = typer.Option([], "--tag", "-t", metavar="TAG", help="Extra tags besides llm-forge:<version> and :latest."),
+    context: Path = typer.Option(CHECKOUT, metavar="DIR", help="The checkout to build (holds docker/Dockerfile)."),
+    network: Optional[str] = typer.Option(None, metavar="NETWORK", help="Network for RUN steps, e.g. `host`."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Rebuild every layer."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print the build's whole output."),
 ):
@@ -145,7 +146,10 @@ def push_repository(repository: Optional[str], config: Optional[Path]) -> str:
 
     from launcher.config import load_launcher_config
 
-    repo, _ = parse_repository_tag(load_launcher_config(config).vast.image)
+    image = load_launcher_config(config).vast.image
+    if not image:
+        fail("no repository to push to: give --repository, or set vast.image to <registry>/<namespace>/llm-forge")
+    repo, _ = parse_repository_tag(image)
     if "/" not in repo:
         fail(f"vast.image in the launcher config is {repo!r}, not in a registry: set it to "
              "<registry>/<namespace>/llm-forge, or give --repository")
@@ -155,9 +159,9 @@ def push_repository(repository: Optional[str], config: Optional[Path]) -> str:
 @image_app.command()
 def push(
     repository: Optional[str] = typer.Option(
-        None, help="Where to push, e.g. <registry>/<namespace>/llm-forge. "
+        None, metavar="REPOSITORY", help="Where to push, e.g. <registry>/<namespace>/llm-forge. "
         "Default: $LLM_FORGE_IMAGE_REPO, else the launcher config's vast.image."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Launcher config (default: configs/launcher.yaml)."),
+    config: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="Launcher config (default: configs/launcher.yaml)."),
 ):
     """Push llm-forge:<version> to the registry; log in from $DOCKER_USERNAME/$DOCKER_PASSWORD."""
     from docker import auth

@@ -389,7 +389,7 @@ exit "$code"
         self.run(f"rm -rf {q(tmp)} && mkdir -p {q(tmp)}")
         sent = 0
         with Progress(TextColumn(f"uploading {local.name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                      console=console, transient=True) as bar:
+                      console=console, transient=True, disable=not console.is_terminal) as bar:
             task = bar.add_task("upload", total=sum(p.stat().st_size for p in files))
             for path in files:
                 rel = path.relative_to(local).as_posix()
@@ -448,7 +448,8 @@ def rsync_pull(ssh_config: Path, alias: str, remote_dir: str, paths: list[str], 
     argv += ["-e", f"ssh -F {q(str(ssh_config))}", f"{alias}:{remote_dir}/", f"{dest}/"]
     out = bytearray()
     try:
-        with Progress(TextColumn(label), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), console=console, transient=True) as bar:
+        with Progress(TextColumn(label), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), console=console,
+                      transient=True, disable=not console.is_terminal) as bar:
             task = bar.add_task(label, total=100)
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             assert proc.stdout is not None
@@ -492,7 +493,8 @@ def sftp_pull(remote: Remote, remote_dir: str, paths: list[str], dest: Path, app
         walk(str(plain_relative(rel)))
     result = PullResult(0, 0)
     total = sum(a.st_size or 0 for _, a in todo)
-    with Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console, transient=True) as bar:
+    with Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console,
+                  transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task(label, total=total)
         for rel, attrs in todo:
             local = local_file(dest, rel)

@@ -39,3 +39,12 @@ def test_bench_prepare_prints_each_stage():
     assert re.search(r"^filters\s+[\d,]+ docs/s", out, re.M)
     assert re.search(r"^minhash\s+[\d,]+ sigs/s batched\s+[\d,.]+ sigs/s update loop\s+ratio\s+[\d.]+x", out, re.M)
     assert re.search(r"^tokenize\s+[\d,]+ tok/s one core", out, re.M)
+
+
+def test_bench_cli_prints_the_launcher_start_beside_python_and_torch():
+    out = bench("bench_cli.py", "--runs", "1")
+    rows = {m.group(1): [float(v) for v in m.groups()[1:]]
+            for m in re.finditer(r"^(.+?)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)(?:\s+(?:ok|SLOW))?$", out, re.M)}
+    assert set(rows) == {"python -c pass (reference)", "python -c 'import torch' (reference)", "launcher --help",
+                         "launcher offers", "launcher status", "launcher ls"}
+    assert all(best > 0 and cpu > 0 for best, _, cpu in rows.values())

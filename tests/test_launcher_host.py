@@ -48,9 +48,11 @@ def write_json(path, obj):
     tmp = path.with_suffix(".tmp"); tmp.write_text(json.dumps(obj)); os.replace(tmp, path)
 
 args = sys.argv[1:]
+if args[0] == "--version":  # what the launcher checks after installing the wheel
+    from importlib.metadata import version; print(f"jobs {version('llm-forge')}"); sys.exit(0)
 if args[0] == "sync-data":
     print(f"sync-data {' '.join(args[1:])}: data verified", flush=True); sys.exit(0)
-if args[0] in ("budget-guard", "idle-stop"):  # the real host watchers: they need only job.json, pids, exit files
+if args[0] in ("budget-guard", "idle-stop", "status"):  # the real host watchers and reader: job.json, pids, exit files
     os.execv(sys.executable, [sys.executable, "-m", "jobs.runner", *args])
 assert args[0] == "train", args
 run = "smoke" if "--smoke" in args else re.search(r"run_name: (\S+)", Path(args[args.index("--config") + 1]).read_text()).group(1)

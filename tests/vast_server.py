@@ -8,6 +8,9 @@
 - `GET /api/v1/instances/`, `DELETE /api/v0/instances/{id}/` (404 `not_found` once gone); the v1 list pages 25 at a time.
 - A bad key is `404 {"error": "auth_error"}`; every `rate_limit_every`-th request is a bare 429.
 - `preempted` instances read `stopped` (outbid), as an interruptible instance does when it loses its machine.
+- An image in `missing_images` is on no registry: the instance sits in `loading`, and `status_msg` carries the
+  Docker daemon's pull error (Vast passes the daemon's words on, as dstack's Vast backend relies on), while
+  Vast keeps retrying and billing.
 
 Its instances ARE the test's sshd: a running instance's SSH target is 127.0.0.1 and a port given by the test.
 """
@@ -54,6 +57,7 @@ class VastStandIn:
     rate_limit_next: int = 0  # the next N requests get a 429
     hang_up_after_create: bool = False  # buy the instance, then drop the connection without answering
     gateway_errors_next: int = 0  # the next N requests get a 502 from Vast's gateway
+    missing_images: set[str] = field(default_factory=set)  # images no registry has: the pull fails
     instances: dict[int, dict] = field(default_factory=dict)
     requests: list[tuple[str, str, dict | None]] = field(default_factory=list)
     container_requests: list[tuple[str, str, dict | None]] = field(default_factory=list)  # made with container_key
@@ -212,6 +216,11 @@ class VastStandIn:
             inst["status_msg"] = "Error response from daemon: container exited with code 1"
         elif status == "loading":
             inst["status_msg"] = "Pulling image layers: 3/7"
+        if inst["image_uuid"] in self.missing_images and status in ("loading", "running"):
+            status = "loading"  # it never runs
+            repo = inst["image_uuid"].rsplit(":", 1)[0]
+            inst["status_msg"] = (f"Error response from daemon: pull access denied for {repo}, repository does not exist "
+                                  "or may require 'docker login': denied: requested access to the resource is denied")
         if iid in self.stopped:
             status = "stopped"
         if iid in self.preempted:

@@ -1,4 +1,4 @@
-"""Throughput, MFU and the cost guard.
+"""Throughput, MFU and the cost guard (the arithmetic without torch is in trainer/sizing.py).
 
 `benchmark()` times the exact training step the run will take (same model,
 precision, compile, micro-batch, sequence length, accumulation) and writes
@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from trainer.config import Config, config_hash
+from trainer.config import Config
 from trainer.errors import UserError
 from trainer.fileio import atomic_write_json, read_json
 from trainer.gpus import peak_flops
+from trainer.sizing import Projection, bench_hash, project
 from trainer.units import fmt_duration, fmt_tokens
 
 
@@ -30,32 +30,6 @@ def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def bench_hash(cfg: Config) -> str:
-    """What the throughput depends on; a benchmark of anything else does not count."""
-    t = cfg.train
-    return config_hash(cfg.model, t.precision, t.compile, t.micro_batch_size, t.grad_accum_steps)
-
-
-def run_tokens(cfg: Config, num_processes: int) -> int:
-    per_step = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * cfg.model.seq_len * num_processes
-    return cfg.cost.target_tokens or cfg.train.max_steps * per_step
-
-
-@dataclass
-class Projection:
-    tokens: int
-    tokens_per_s: float
-    hours: float
-    cost: float
-
-
-def project(cfg: Config, tokens_per_s_per_process: float, num_processes: int) -> Projection:
-    tokens = run_tokens(cfg, num_processes)
-    tps = tokens_per_s_per_process * num_processes  # DDP scales close to linearly at this size
-    hours = tokens / tps / 3600
-    return Projection(tokens, tps, hours, hours * cfg.cost.hourly_rate)
 
 
 def time_training_steps(cfg: Config) -> float:

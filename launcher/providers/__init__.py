@@ -8,14 +8,14 @@ from launcher.config import LauncherConfig
 from launcher.providers.base import Instance, Ledger, Offer, Provider, ProvisionError
 
 
-def get_provider(cfg: LauncherConfig, name: str | None = None, public_key: str | None = None) -> Provider:
+def get_provider(cfg: LauncherConfig, name: str | None = None) -> Provider:
     """The provider named (default: the config's), built from its config section."""
     name = name or cfg.provider
     key = str(Path(cfg.ssh_key).expanduser())
     if name == "vast":
         from launcher.providers.vast import VastProvider
 
-        return VastProvider(cfg.vast, public_key=public_key, key_file=key, workdir=cfg.remote.workdir)
+        return VastProvider(cfg.vast, key_file=key, workdir=cfg.remote.workdir)
     if name == "colab":
         from launcher.providers.colab import ColabProvider
 

@@ -31,6 +31,10 @@ DEFAULT_URL = "https://console.vast.ai"
 NEVER_RUNNING = ("exited", "unknown", "offline")  # actual_status values that do not come back
 LOST = ("stopped", "exited")  # a running instance that is no more: outbid (interruptible) or its container ended
 SELF_STOPPED = "stopped itself"  # the status of an instance whose own `jobs idle-stop` stopped it
+# Docker's own words for a pull that can never succeed; Vast passes them on in `status_msg` and keeps retrying.
+PULL_FAILED = ("pull access denied", "manifest unknown", "repository does not exist", "invalid reference format",
+               "unauthorized")
+PLAIN_EVERY_S = 10.0  # without a terminal (CI, a log file), the wait prints a plain line this often
 console = Console(stderr=True)
 
 
@@ -44,6 +48,10 @@ class VastError(Exception):
 
 class OfferGone(Exception):
     """The offer was rented by someone else between the search and the create."""
+
+
+class ImageUnpullable(ProvisionError):
+    """The host cannot pull the image: no other machine will either."""
 
 
 class Ambiguous(Exception):
@@ -190,11 +198,11 @@ class VastProvider:
     def create(self, offer: Offer, label: str) -> Instance:
         body = {
             "client_id": "me",
-            "image": self.cfg.image,
+            "image": self.image,
             "disk": self.cfg.disk_gb,
             "label": label,
             "env": {},  # nothing secret here: Vast shows env to anyone with the instance
-            "onstart": f"mkdir -p {self.workdir}",
+            "onstart": f"mkdir -p {shlex.quote(self.workdir)}",
             "runtype": "ssh",
         }
         if self.cfg.interruptible:
@@ -224,6 +232,10 @@ class VastProvider:
         return Instance(id=inst_id, label=label, status="created", price_per_hour=self.price_for(offer), created_at=time.time(),
                         offer_id=offer.id)
 
+    @property
+    def image(self) -> str:
+        return self.cfg.image or self.cfg.stock_image
+
     def find_by_label(self, label: str) -> Instance | None:
         return next((i for i in self.list() if i.label == label), None)
 
@@ -231,7 +243,7 @@ class VastProvider:
 
     def wait_ready(self, instance_id: str, timeout_s: float | None = None) -> SSHTarget:
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.cfg.ready_timeout_s)
-        last = "not seen yet"
+        last, said, said_at = "not seen yet", "", 0.0
         with console.status(f"instance {instance_id}: waiting for it to run") as spinner:
             while True:
                 inst = self.get(instance_id)
@@ -239,6 +251,11 @@ class VastProvider:
                     raise ProvisionError(f"instance {instance_id} disappeared")
                 last = f"{inst.status or 'scheduling'}" + (f" ({inst.message})" if inst.message else "")
                 spinner.update(f"instance {instance_id}: {last}")
+                if not console.is_terminal and (last != said or time.monotonic() - said_at >= PLAIN_EVERY_S):
+                    console.print(f"instance {instance_id}: {last}", highlight=False, soft_wrap=True)
+                    said, said_at = last, time.monotonic()
+                if inst.status != "running" and any(m in inst.message.lower() for m in PULL_FAILED):
+                    raise ImageUnpullable(f"instance {instance_id} cannot pull the image {self.image}: {inst.message}")
                 if inst.status in NEVER_RUNNING:
                     raise ProvisionError(f"instance {instance_id} is {last}")
                 endpoint = ssh_endpoint(inst.raw)
@@ -275,6 +292,11 @@ class VastProvider:
             ledger.created(inst)
             try:
                 return inst, self.wait_ready(inst.id)
+            except ImageUnpullable as e:  # at once, and not on another machine: no host can pull it
+                self.destroy(inst.id)
+                ledger.destroyed(inst)
+                raise UserError(f"{e}; destroyed it. Set vast.image to an image Vast hosts can pull "
+                                f"(`launcher image push`), or to null for the stock PyTorch image") from None
             except ProvisionError as e:
                 failure = e
                 console.print(f"[yellow]{e}; destroying it[/]")
