@@ -25,7 +25,7 @@ from rich.table import Table
 from jobs.config import JobConfig
 from jobs.jobfile import EXIT_STOPPED, JobFile, read_history, read_job
 from trainer.config import load_config
-from trainer.errors import UserError, is_out_of_memory
+from trainer.errors import UserError, disk_error, is_out_of_memory
 from trainer.units import fmt_duration, fmt_tokens
 
 app = typer.Typer(
@@ -98,11 +98,22 @@ def run_job(job: JobFile | None, body: Callable[[], str | None], oom_hint: str |
     `body` returns the final state ("succeeded" when it returns None). Running out of memory
     is a config that does not fit this device: `oom_hint` says how to make it fit, exit 2.
     """
+    def finish(state: str, code: int, error: str | None = None) -> None:
+        try:
+            if job:
+                job.finish(state, code, error)
+        except OSError:
+            pass  # the disk that refused the job's outputs refuses its record too; the error line says why
+
     def stopped() -> NoReturn:
-        if job:
-            job.finish("stopped", EXIT_STOPPED, "terminated")
+        finish("stopped", EXIT_STOPPED, "terminated")
         fail("terminated")
         raise typer.Exit(EXIT_STOPPED) from None
+
+    def refuse(message: str) -> NoReturn:
+        finish("failed", 2, message)
+        fail(message)
+        raise typer.Exit(2) from None
 
     # Until training installs its own graceful handler, SIGTERM ends the job as "stopped".
     signal.signal(signal.SIGTERM, raise_terminated)
@@ -110,32 +121,27 @@ def run_job(job: JobFile | None, body: Callable[[], str | None], oom_hint: str |
         if job:
             job.start()
         state = body() or "succeeded"
+        code = EXIT_STOPPED if state == "stopped" else 0
+        if job:
+            job.finish(state, code)
     except Terminated:
         stopped()
     except UserError as e:
-        if job:
-            job.finish("failed", 2, str(e))
-        fail(str(e))
-        raise typer.Exit(2) from None
+        refuse(str(e))
     except KeyboardInterrupt:
-        if job:
-            job.finish("stopped", 130, "interrupted")
+        finish("stopped", 130, "interrupted")
         fail("interrupted")
         raise typer.Exit(130) from None
     except BaseException as e:  # a bug: record it, then let the traceback through
         if Terminated.seen and not isinstance(e, typer.Exit):
             stopped()
         if oom_hint and is_out_of_memory(e):
-            if job:
-                job.finish("failed", 2, oom_hint)
-            fail(oom_hint)
-            raise typer.Exit(2) from None
-        if job and not isinstance(e, typer.Exit):
-            job.finish("failed", 1, f"{type(e).__name__}: {e}")
+            refuse(oom_hint)
+        if message := disk_error(e):
+            refuse(message)
+        if not isinstance(e, typer.Exit):
+            finish("failed", 1, f"{type(e).__name__}: {e}")
         raise
-    code = EXIT_STOPPED if state == "stopped" else 0
-    if job:
-        job.finish(state, code)
     if code:
         raise typer.Exit(code)
 
@@ -150,11 +156,7 @@ def demo_corpus(
     """Write a small offline corpus (from Python's own docs) in the C4, Wikipedia and PG-19 record formats."""
     from jobs.demo_corpus import build_demo_corpus
 
-    try:
-        build_demo_corpus(out)
-    except UserError as e:
-        fail(str(e))
-        raise typer.Exit(2) from None
+    build_demo_corpus(out)  # a UserError or an OS error on `out` is one line through cli_main
 
 
 @app.command()
@@ -203,9 +205,8 @@ def sync_data(
 @app.command()
 def benchmark(config: ConfigOpt = None, set_: SetOpt = None, smoke: SmokeOpt = False) -> None:
     """Time the exact training step; write runs/throughput.json with tokens/s, MFU and the projected cost."""
+    cfg = load_or_exit(config, set_, smoke)  # before torch loads: a typo is answered at once
     from trainer import cost
-
-    cfg = load_or_exit(config, set_, smoke)
 
     def body() -> None:
         n = gpu_count()
@@ -239,13 +240,12 @@ def train(
     smoke: SmokeOpt = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue exactly from the run's latest checkpoint.")] = False,
     resume_from: Annotated[Optional[Path], typer.Option(help="Continue exactly from this checkpoint folder.")] = None,
-    stop_at: Annotated[Optional[int], typer.Option(help="Checkpoint and stop after this step (the schedule is unchanged).")] = None,
-    num_processes: Annotated[Optional[int], typer.Option(help="Processes (one per GPU); default: every GPU.")] = None,
+    stop_at: Annotated[Optional[int], typer.Option(min=1, help="Checkpoint and stop after this step (the schedule is unchanged).")] = None,
+    num_processes: Annotated[Optional[int], typer.Option(min=1, help="Processes (one per GPU); default: every GPU.")] = None,
 ) -> None:
     """Train (one process per GPU through accelerate launch), after the cost guard and the overfit check."""
+    cfg = load_or_exit(config, set_, smoke)  # before torch loads: a typo is answered at once
     from trainer import cost
-
-    cfg = load_or_exit(config, set_, smoke)
     start = str(resume_from) if resume_from else "latest" if resume else None
     if os.environ.get("WORLD_SIZE"):  # a worker started by accelerate launch: just train
         run_job(None, lambda: train_with_uploads(cfg, start, stop_at, main=os.environ.get("RANK", "0") == "0"), memory_hint(cfg))
@@ -253,10 +253,11 @@ def train(
     n = num_processes or gpu_count()
 
     def body() -> str:
-        prepare_run_dir(cfg, start, smoke)
+        check_train_inputs(cfg, start)
+        cost.guard(cfg, num_processes=n)
+        prepare_run_dir(cfg, start, smoke)  # only now, with every input checked, may a smoke run replace the last
         if start == "latest":
             fetch_checkpoint_if_missing(cfg)
-        cost.guard(cfg, num_processes=n)
         if n == 1:
             return train_with_uploads(cfg, start, stop_at, main=True)
         return launch_workers(n)
@@ -293,6 +294,34 @@ def fetch_checkpoint_if_missing(cfg: JobConfig) -> None:
     if got is None:
         raise UserError(f"--resume: no checkpoint in {ckpts} nor in {cfg.hub.checkpoint_repo}")
     print(f"fetched {got.name} from {cfg.hub.checkpoint_repo}")
+
+
+def check_train_inputs(cfg: JobConfig, start: str | None) -> None:
+    """Everything training reads, checked before anything on disk changes: the data, the
+    tokenizer, and the checkpoint to resume from (whole, as `latest` would take it)."""
+    from trainer import checkpoint
+    from trainer.checks import load_tokenizer
+    from trainer.data import TokenData
+
+    data = TokenData(cfg.data.dir, cfg.model.vocab_size, cfg.model.seq_len)
+    load_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size, data.meta)
+    ckpts = run_dir(cfg) / "checkpoints"
+    if start == "latest":
+        if checkpoint.latest(ckpts) is None and not cfg.hub.checkpoint_repo:
+            raise UserError(f"--resume: no complete checkpoint in {ckpts}; train without --resume to start the run")
+    elif start is not None:
+        check_checkpoint(Path(start))
+
+
+def check_checkpoint(folder: Path) -> None:
+    """A checkpoint named on the command line: a folder whose files are all there at their sizes."""
+    from trainer import checkpoint
+
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a checkpoint folder")
+    if not checkpoint.is_complete(folder):
+        raise UserError(f"{folder} is not a complete checkpoint: state.json is missing or a file it lists is "
+                        "missing or cut short (pull it again)")
 
 
 def prepare_run_dir(cfg: JobConfig, resume: str | None, smoke: bool) -> None:
@@ -357,6 +386,7 @@ def evaluate(
 
 
 def run_eval(cfg: JobConfig, folder: Path | None) -> None:
+    folder = checked_checkpoint(cfg, folder)
     import torch
     from accelerate import Accelerator
 
@@ -369,7 +399,6 @@ def run_eval(cfg: JobConfig, folder: Path | None) -> None:
     from trainer.model import Llama
     from trainer.train import mixed_precision
 
-    folder = folder or default_checkpoint(cfg)
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg))
     data = TokenData(cfg.data.dir, cfg.model.vocab_size, cfg.model.seq_len)
     sp = load_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size, data.meta)
@@ -400,13 +429,14 @@ def export(
     push: Annotated[Optional[str], typer.Option(help="Also upload to this Hub model repo (token from HF_TOKEN).")] = None,
 ) -> None:
     """Write a transformers LlamaForCausalLM (config.json, model.safetensors), its tokenizer and a model card."""
+    cfg = load_or_exit(config, set_, smoke)  # before torch loads: a typo is answered at once
     from jobs import export as ex
     from trainer.data import read_meta
 
-    cfg = load_or_exit(config, set_, smoke)
-
     def body() -> None:
-        folder = checkpoint or default_checkpoint(cfg)
+        folder = checked_checkpoint(cfg, checkpoint)
+        if not Path(cfg.data.tokenizer).is_file():
+            raise UserError(f"tokenizer {cfg.data.tokenizer} not found: run `jobs tokenizer` or `jobs sync-data pull`")
         meta = read_meta(cfg.data.dir) if (Path(cfg.data.dir) / "data_meta.json").is_file() else None
         card = ex.model_card(run_dir(cfg), cfg.model, meta, cfg.cost.hourly_rate)
         target = ex.export(folder, out or run_dir(cfg) / "hf", cfg.model, Path(cfg.data.tokenizer), card)
@@ -417,13 +447,17 @@ def export(
     run_job(job_file(cfg, "export"), body)
 
 
-def default_checkpoint(cfg: JobConfig) -> Path:
+def checked_checkpoint(cfg: JobConfig, folder: Path | None) -> Path:
+    """`--checkpoint` when given and whole; else the run's final, best or latest whole checkpoint."""
     from trainer import checkpoint
 
+    if folder is not None:
+        check_checkpoint(folder)
+        return folder
     ckpts = run_dir(cfg) / "checkpoints"
-    folder = next((ckpts / n for n in ("final", "best") if (ckpts / n).is_dir()), None) or checkpoint.latest(ckpts)
+    folder = next((ckpts / n for n in ("final", "best") if checkpoint.is_complete(ckpts / n)), None) or checkpoint.latest(ckpts)
     if folder is None:
-        raise UserError(f"no checkpoint in {ckpts}: train first, or pass --checkpoint")
+        raise UserError(f"no complete checkpoint in {ckpts}: train first, or pass --checkpoint")
     return folder
 
 
@@ -631,8 +665,38 @@ def load_or_exit(config: Path | None, sets: list[str] | None, smoke: bool) -> Jo
         raise typer.Exit(2) from None
 
 
+def cli_main(app: typer.Typer) -> NoReturn:
+    """Run a CLI so that every mistake the user can fix is one `error:` line on stderr and exit 2.
+
+    typer raises its own vendored copy of click's exceptions (`except click.*` never matches
+    them), so they are caught by typer's base class.
+    """
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as e:  # a usage error: unknown option, bad value, no command ...
+        if type(e).__name__ == "NoArgsIsHelpError":  # the help is already on stdout
+            fail("no command given: pick one of the commands above")
+        else:
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx else ""
+            fail(" ".join(e.format_message().split()) + hint)
+        sys.exit(2)
+    except UserError as e:
+        fail(str(e))
+        sys.exit(2)
+    except typer.Abort:
+        fail("interrupted")
+        sys.exit(130)
+    except OSError as e:
+        if (message := disk_error(e)) is None:
+            raise
+        fail(message)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 def main() -> None:
-    app()
+    cli_main(app)
 
 
 if __name__ == "__main__":
