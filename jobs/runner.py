@@ -20,6 +20,7 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from jobs.config import JobConfig
@@ -62,7 +63,8 @@ def run_dir(cfg: JobConfig) -> Path:
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escape(): a message quoting the user's input ("[x]", "[bold]") is printed as it is, not as markup
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 class Terminated(BaseException):

@@ -214,12 +214,16 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     `base` is relative to the file, else one of the bundled configs.
     """
     p = resolve_config_path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a folder")
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     if p.resolve() in _seen:
         raise ConfigError(f"{p}: 'base' chain loops back to itself")
     try:
         data = yaml.safe_load(p.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -294,10 +298,16 @@ def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
     if isinstance(value, Override):
         # Parse as YAML (3, 1e-4, true, [a, b]); a string field keeps the text as typed ("on", "007").
         try:
-            return _convert(tp, yaml.safe_load(value), source, key)
-        except (ConfigError, yaml.YAMLError):
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = str(value)
+        try:
+            return _convert(tp, parsed, source, key)
+        except ConfigError:
             if tp is str or str in typing.get_args(tp):
                 return str(value)
+            if isinstance(parsed, (list, dict)):
+                raise  # a list or mapping that parsed: the error names the key inside it
             raise _type_error(tp, str(value), source, key) from None
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
