@@ -80,6 +80,14 @@ def raise_terminated(signum, frame) -> None:
     raise Terminated
 
 
+class StepFailed(Exception):
+    """A pipeline step that failed: its own process has already said why on stderr."""
+
+    def __init__(self, name: str, code: int):
+        super().__init__(f"pipeline step '{name}' failed with exit code {code}")
+        self.code = code
+
+
 def job_file(cfg: JobConfig, name: str) -> JobFile:
     return JobFile(run_dir(cfg), name, [Path(sys.argv[0]).name, *sys.argv[1:]])
 
@@ -130,6 +138,9 @@ def run_job(job: JobFile | None, body: Callable[[], str | None], oom_hint: str |
         stopped()
     except UserError as e:
         refuse(str(e))
+    except StepFailed as e:  # no second error line: exit as the step did (2: its input was bad)
+        finish("failed", e.code, str(e))
+        raise typer.Exit(e.code) from None
     except KeyboardInterrupt:
         finish("stopped", 130, "interrupted")
         fail("interrupted")
@@ -500,7 +511,7 @@ def pipeline(config: ConfigOpt = None, set_: SetOpt = None, smoke: SmokeOpt = Fa
             if state == "stopped":
                 return "stopped"
             if code:
-                raise UserError(f"pipeline step '{name}' failed with exit code {code}")
+                raise StepFailed(name, code)
         print_outputs(cfg)
         return "succeeded"
 
