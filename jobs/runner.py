@@ -167,9 +167,13 @@ def demo_corpus(
     out: Annotated[Path, typer.Option(help="Where to write the raw demo sources.")] = Path("data/raw"),
 ) -> None:
     """Write a small offline corpus (from Python's own docs) in the C4, Wikipedia and PG-19 record formats."""
+    # A file in the way is refused now, not after the corpus is built; an OS error is one line through cli_main.
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
     from jobs.demo_corpus import build_demo_corpus
 
-    build_demo_corpus(out)  # a UserError or an OS error on `out` is one line through cli_main
+    build_demo_corpus(out)
 
 
 @app.command()

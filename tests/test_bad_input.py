@@ -203,7 +203,8 @@ JOBS = [
     Case("runs-read-only", SMOKE, "runs/smoke/job.json: Read-only file system", wrap=READ_ONLY_RUNS),
     Case("disk-full", SMOKE, "runs/smoke/job.json: No space left on device", wrap=FULL_RUNS),
     Case("file-too-large", SMOKE, "runs/smoke/job.json: File too large", preexec=small_file_limit),
-    Case("demo-corpus-out-is-a-file", ["demo-corpus", "--out", "data/train.bin"], "data/train.bin/c4: Not a directory"),
+    Case("demo-corpus-out-is-a-file", ["demo-corpus", "--out", "data/train.bin"], "--out data/train.bin is a file, not a folder"),
+    Case("demo-corpus-out-inside-a-file", ["demo-corpus", "--out", "data/train.bin/raw"], "data/train.bin/raw: Not a directory"),
 ]
 
 
