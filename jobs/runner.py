@@ -454,9 +454,13 @@ def export(
         folder = checked_checkpoint(cfg, checkpoint)
         if not Path(cfg.data.tokenizer).is_file():
             raise UserError(f"tokenizer {cfg.data.tokenizer} not found: run `jobs tokenizer` or `jobs sync-data pull`")
+        target = out or run_dir(cfg) / "hf"
+        # The export replaces its folder whole: only ever an earlier export, never (say) data/.
+        if target.exists() and not all((target / f).is_file() for f in ("config.json", "model.safetensors")):
+            raise UserError(f"--out {target} exists and is not an earlier export: name a new folder")
         meta = read_meta(cfg.data.dir) if (Path(cfg.data.dir) / "data_meta.json").is_file() else None
         card = ex.model_card(run_dir(cfg), cfg.model, meta, cfg.cost.hourly_rate)
-        target = ex.export(folder, out or run_dir(cfg) / "hf", cfg.model, Path(cfg.data.tokenizer), card)
+        target = ex.export(folder, target, cfg.model, Path(cfg.data.tokenizer), card)
         print(f"exported {folder} -> {target} (load with AutoModelForCausalLM.from_pretrained)")
         if push:
             print(f"pushed to {push} at {ex.push(target, push)[:12]}")

@@ -195,6 +195,11 @@ JOBS = [
          "--resume: no complete checkpoint in runs/smoke-new/checkpoints"),
     Case("eval-checkpoint-truncated", ["eval", "--smoke", *TINY, "--checkpoint", "pulled/step_000006"],
          "is not a complete checkpoint", truncated_checkpoint),
+    Case("resume-from-another-model", [*SMOKE, "--resume-from", str(CKPTS / "final"), "--set", "model.n_layers=3"],
+         "does not fit this model"),
+    Case("eval-without-checkpoints", ["eval", "--smoke", *TINY, "--set", "train.run_name=smoke-none"],
+         "no complete checkpoint in runs/smoke-none/checkpoints"),
+    Case("export-over-the-data", ["export", "--smoke", *TINY, "--out", "data"], "--out data exists and is not an earlier export"),
     Case("export-checkpoint-missing", ["export", "--smoke", *TINY, "--checkpoint", "nowhere"], "nowhere is not a checkpoint folder"),
     # our own outputs cannot be written: the file and the cause, one line
     Case("runs-is-a-file", SMOKE, "runs/smoke: Not a directory", runs_is_a_file),
