@@ -599,12 +599,13 @@ def budget_guard(
     since: Annotated[Optional[float], typer.Option(help="When billing started (Unix time); default: the job's start.")] = None,
     poll: Annotated[float, typer.Option(help="Seconds between checks.")] = 30.0,
     job: Annotated[str, typer.Option(help="The job to guard; the guard waits for it to start.")] = "train",
-    start_timeout: Annotated[float, typer.Option(help="Seconds to wait for that job to start.")] = 24 * 3600,
+    start_timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for that job to start.")] = 24 * 3600,
 ) -> None:
     """Beside a job: SIGTERM it (checkpoint, stop) once hours x cost.hourly_rate reaches cost.max_cost."""
     from jobs.guard import guard
 
     cfg = load_or_exit(config, set_, smoke)
+    check_poll(poll)
     if cfg.cost.max_cost is None:
         fail("cost.max_cost is not set: there is no budget to guard")
         raise typer.Exit(2)
@@ -612,10 +613,15 @@ def budget_guard(
           start_timeout_s=start_timeout)
 
 
+def check_poll(poll: float) -> None:
+    if not poll > 0:  # nan too
+        raise UserError(f"--poll must be > 0 seconds, got {poll}")
+
+
 @app.command("idle-stop")
 def idle_stop_command(
     exit_file: Annotated[Path, typer.Option(help="The job's exit file: it appears when the job has ended.")],
-    after: Annotated[float, typer.Option(help="Seconds to leave the launcher, after the job ends, before stopping.")] = 1800.0,
+    after: Annotated[float, typer.Option(min=0, help="Seconds to leave the launcher, after the job ends, before stopping.")] = 1800.0,
     vast_url: Annotated[str, typer.Option(help="Vast's API, reached with this instance's own scoped key.")] = "",
     poll: Annotated[float, typer.Option(help="Seconds between looks at the exit file.")] = 10.0,
 ) -> None:
@@ -623,6 +629,7 @@ def idle_stop_command(
     from jobs.guard import idle_stop
     from launcher.providers.vast import self_stopper
 
+    check_poll(poll)
     try:
         instance = idle_stop(exit_file, after, self_stopper(vast_url), poll_s=poll)
     except UserError as e:

@@ -173,6 +173,12 @@ JOBS = [
     Case("num-processes-abc", [*SMOKE, "--num-processes", "abc"], "'--num-processes'"),
     Case("sync-data-sideways", ["sync-data", "sideways", "--smoke"], "sync-data takes 'pull' or 'push'"),
     Case("budget-guard-without-budget", ["budget-guard", "--smoke"], "cost.max_cost is not set"),
+    Case("budget-guard-poll-negative", ["budget-guard", "--smoke", "--set", "cost.max_cost=1", "--poll", "-1"],
+         "--poll must be > 0 seconds, got -1.0"),
+    Case("idle-stop-after-negative", ["idle-stop", "--exit-file", "x", "--after", "-5"], "'--after'"),
+    Case("config-base-missing", ["train", "--config", "child.yaml"], "config file not found",
+         write("child.yaml", "base: nosuch.yaml\n")),
+    Case("list-given-a-number", [*SMOKE, "--set", "train.sample.prompts=5"], "'train.sample.prompts' must be list"),
     Case("status-unknown-run", ["status", "nosuch"], "no job.json in runs/nosuch"),
     # data and tokenizer, checked before the smoke run's checkpoints are touched
     Case("train-bin-missing", SMOKE, "train.bin not found", remove("data/train.bin")),

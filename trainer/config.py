@@ -304,7 +304,7 @@ def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
         try:
             return _convert(tp, parsed, source, key)
         except ConfigError:
-            if tp is str or str in typing.get_args(tp):
+            if tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp)):
                 return str(value)
             if isinstance(parsed, (list, dict)):
                 raise  # a list or mapping that parsed: the error names the key inside it
