@@ -41,7 +41,7 @@ def test_base_chain_and_overrides(tmp_path):
         ("", ["train.max_steps=ten"], r"'train.max_steps' must be int"),
         ("", ["nosuch.key=1"], r"unknown key 'nosuch'"),
         ("", ["train.lr"], r"expected dotted.key=value"),
-        ("", ["train.sample.prompts=5"], r"'train.sample.prompts' must be list\[str\], got str '5'"),
+        ("", ["train.sample.prompts=5"], r"'train.sample.prompts' must be list, got str '5'"),
         ("train: [1, 2]\n", [], r"'train' must be a mapping"),
         ("model:\n  n_heads: 5\n", [], r"d_model 768 is not a multiple of n_heads 5"),
         ("model: {d_model: 64\n", [], r"not valid YAML at line"),
