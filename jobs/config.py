@@ -2,14 +2,15 @@
 
 `JobConfig` adds `tokenizer:`, `prepare:` and `hub:` to the YAML files; it is
 loaded with `trainer.config.load_config(JobConfig, path, overrides)`, which
-type-checks every key. The filter defaults are the seed project's thresholds.
+type-checks every key and holds every number to its `bounded(...)` range.
+The filter defaults are the seed project's thresholds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trainer.config import Config
+from trainer.config import Config, bounded
 
 SOURCE_TYPES = ("hf", "local")
 SOURCE_KINDS = ("c4", "wikipedia", "gutenberg", "generic")
@@ -26,7 +27,7 @@ class SourceConfig:
     split: str = "train"
     data_files: list[str] = field(default_factory=list)  # globs; relative to the working directory
     text_field: str = "text"
-    weight: float = 1.0  # relative share of documents drawn from this source
+    weight: float = bounded(1.0, gt=0)  # relative share of documents drawn from this source
 
     def __post_init__(self) -> None:
         if self.type not in SOURCE_TYPES:
@@ -37,8 +38,6 @@ class SourceConfig:
             raise ValueError(f"source '{self.name}': an hf source needs 'path' (the dataset id)")
         if self.type == "local" and not self.data_files:
             raise ValueError(f"source '{self.name}': a local source needs 'data_files'")
-        if self.weight <= 0:
-            raise ValueError(f"source '{self.name}': weight must be > 0")
 
 
 def _default_sources() -> list[SourceConfig]:
@@ -58,14 +57,14 @@ def _default_sources() -> list[SourceConfig]:
 class CommonFilterConfig:
     """Applied to every document after its source's cleaning."""
 
-    min_chars: int = 300
-    max_chars: int = 80_000  # longer documents are chunked at paragraph breaks, not dropped
-    min_alpha_ratio: float = 0.65  # letters / non-space characters
-    max_char_repeat: int = 6  # a non-space character this many times in a row rejects
-    max_weird_ratio: float = 0.01  # symbols, controls, private use, U+FFFD (by Unicode category)
-    short_line_chars: int = 20
-    max_short_line_ratio: float = 0.30
-    max_caps_line_ratio: float = 0.20
+    min_chars: int = bounded(300, ge=0)
+    max_chars: int = bounded(80_000, ge=1)  # longer documents are chunked at paragraph breaks, not dropped
+    min_alpha_ratio: float = bounded(0.65, ge=0, le=1)  # letters / non-space characters
+    max_char_repeat: int = bounded(6, ge=1)  # a non-space character this many times in a row rejects
+    max_weird_ratio: float = bounded(0.01, ge=0, le=1)  # symbols, controls, private use, U+FFFD (by Unicode category)
+    short_line_chars: int = bounded(20, ge=0)
+    max_short_line_ratio: float = bounded(0.30, ge=0, le=1)
+    max_caps_line_ratio: float = bounded(0.20, ge=0, le=1)
     boilerplate: list[str] = field(
         default_factory=lambda: [
             "lorem ipsum",
@@ -86,8 +85,8 @@ class CommonFilterConfig:
 
 @dataclass
 class C4FilterConfig:
-    min_alpha_ratio: float = 0.70
-    max_punct_ratio: float = 0.20
+    min_alpha_ratio: float = bounded(0.70, ge=0, le=1)
+    max_punct_ratio: float = bounded(0.20, ge=0, le=1)
     punct_run_chars: str = "/|="  # four or more of one of these in a row rejects
     junk_keywords: list[str] = field(
         default_factory=lambda: [
@@ -106,12 +105,12 @@ class C4FilterConfig:
             "limited time offer",
         ]
     )
-    max_junk_keywords: int = 1  # more distinct matches than this rejects
-    max_nav_lines: int = 0  # more navigation-looking lines than this rejects (C4 is already one paragraph a line)
-    min_paragraphs: int = 2
-    min_mean_paragraph_chars: int = 200
-    min_entropy: float = 3.5  # bits per character
-    max_entropy: float = 5.6
+    max_junk_keywords: int = bounded(1, ge=0)  # more distinct matches than this rejects
+    max_nav_lines: int = bounded(0, ge=0)  # more navigation-looking lines than this rejects (C4 is already one paragraph a line)
+    min_paragraphs: int = bounded(2, ge=0)
+    min_mean_paragraph_chars: int = bounded(200, ge=0)
+    min_entropy: float = bounded(3.5, ge=0)  # bits per character
+    max_entropy: float = bounded(5.6, ge=0)
 
 
 @dataclass
@@ -120,7 +119,7 @@ class WikipediaFilterConfig:
     strip_references: bool = True  # "[12]" markers and the References / Notes sections
     strip_external_links: bool = True
     strip_see_also: bool = True
-    max_list_line_ratio: float = 0.30
+    max_list_line_ratio: float = bounded(0.30, ge=0, le=1)
 
 
 @dataclass
@@ -142,24 +141,24 @@ class FiltersConfig:
 class DedupConfig:
     exact: bool = True
     minhash: bool = True
-    num_perm: int = 128
-    shingle_words: int = 5
-    threshold: float = 0.85  # MinHashLSH Jaccard threshold
-    seed: int = 1
+    num_perm: int = bounded(128, ge=2)  # MinHashLSH splits the permutations into at least 2 bands
+    shingle_words: int = bounded(5, ge=1)
+    threshold: float = bounded(0.85, gt=0, le=1)  # MinHashLSH Jaccard threshold
+    seed: int = bounded(1, ge=0)
 
 
 @dataclass
 class PrepareConfig:
     sources: list[SourceConfig] = field(default_factory=_default_sources)
-    shuffle_buffer: int = 10_000  # documents; 0 keeps the sources' order
-    seed: int = 1234
-    target_train_tokens: int | None = None  # stop once train.bin holds this many; None: until the sources end
-    val_fraction: float = 0.005  # of documents, chosen by a hash of the text
+    shuffle_buffer: int = bounded(10_000, ge=0)  # documents; 0 keeps the sources' order
+    seed: int = bounded(1234, ge=0)
+    target_train_tokens: int | None = bounded(None, ge=1)  # stop once train.bin holds this many; None: until the sources end
+    val_fraction: float = bounded(0.005, ge=0, lt=1)  # of documents, chosen by a hash of the text
     filters: FiltersConfig = field(default_factory=FiltersConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
-    num_workers: int = 0  # filter/MinHash processes and tokenizer threads; 0: all cores
-    batch_docs: int = 256  # documents per worker task
-    checkpoint_docs: int = 20_000  # a resumable checkpoint every this many source documents
+    num_workers: int = bounded(0, ge=0)  # filter/MinHash processes and tokenizer threads; 0: all cores
+    batch_docs: int = bounded(256, ge=1)  # documents per worker task
+    checkpoint_docs: int = bounded(20_000, ge=1)  # a resumable checkpoint every this many source documents
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -167,18 +166,16 @@ class PrepareConfig:
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError("val_fraction must be in [0, 1)")
 
 
 @dataclass
 class TokenizerConfig:
-    vocab_size: int | None = None  # None: model.vocab_size
+    vocab_size: int | None = bounded(None, ge=4)  # None: model.vocab_size
     model_type: str = "bpe"
-    character_coverage: float = 0.99995
-    sample_chars: int = 100_000_000  # text drawn from the prepare mix to train on (SentencePiece holds it in memory)
-    max_sentence_length: int = 16_384  # bytes; longer documents are split at line breaks, not dropped
-    num_threads: int = 0  # 0: all cores
+    character_coverage: float = bounded(0.99995, gt=0, le=1)
+    sample_chars: int = bounded(100_000_000, ge=1)  # text drawn from the prepare mix to train on (SentencePiece holds it in memory)
+    max_sentence_length: int = bounded(16_384, ge=1)  # bytes; longer documents are split at line breaks, not dropped
+    num_threads: int = bounded(0, ge=0)  # 0: all cores
 
 
 @dataclass

@@ -20,12 +20,13 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from jobs.config import JobConfig
 from jobs.jobfile import EXIT_STOPPED, JobFile, read_history, read_job
 from trainer.config import load_config
-from trainer.errors import UserError, is_out_of_memory
+from trainer.errors import UserError, disk_error, is_out_of_memory
 from trainer.units import fmt_duration, fmt_tokens
 
 app = typer.Typer(
@@ -75,7 +76,8 @@ def run_dir(cfg: JobConfig) -> Path:
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escape(): a message quoting the user's input ("[x]", "[bold]") is printed as it is, not as markup
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 class Terminated(BaseException):
@@ -89,6 +91,14 @@ class Terminated(BaseException):
 def raise_terminated(signum, frame) -> None:
     Terminated.seen = True
     raise Terminated
+
+
+class StepFailed(Exception):
+    """A pipeline step that failed: its own process has already said why on stderr."""
+
+    def __init__(self, name: str, code: int):
+        super().__init__(f"pipeline step '{name}' failed with exit code {code}")
+        self.code = code
 
 
 def job_file(cfg: JobConfig, name: str) -> JobFile:
@@ -111,11 +121,22 @@ def run_job(job: JobFile | None, body: Callable[[], str | None], oom_hint: str |
     `body` returns the final state ("succeeded" when it returns None). Running out of memory
     is a config that does not fit this device: `oom_hint` says how to make it fit, exit 2.
     """
+    def finish(state: str, code: int, error: str | None = None) -> None:
+        try:
+            if job:
+                job.finish(state, code, error)
+        except OSError:
+            pass  # the disk that refused the job's outputs refuses its record too; the error line says why
+
     def stopped() -> NoReturn:
-        if job:
-            job.finish("stopped", EXIT_STOPPED, "terminated")
+        finish("stopped", EXIT_STOPPED, "terminated")
         fail("terminated")
         raise typer.Exit(EXIT_STOPPED) from None
+
+    def refuse(message: str) -> NoReturn:
+        finish("failed", 2, message)
+        fail(message)
+        raise typer.Exit(2) from None
 
     # Until training installs its own graceful handler, SIGTERM ends the job as "stopped".
     signal.signal(signal.SIGTERM, raise_terminated)
@@ -123,32 +144,30 @@ def run_job(job: JobFile | None, body: Callable[[], str | None], oom_hint: str |
         if job:
             job.start()
         state = body() or "succeeded"
+        code = EXIT_STOPPED if state == "stopped" else 0
+        if job:
+            job.finish(state, code)
     except Terminated:
         stopped()
     except UserError as e:
-        if job:
-            job.finish("failed", 2, str(e))
-        fail(str(e))
-        raise typer.Exit(2) from None
+        refuse(str(e))
+    except StepFailed as e:  # no second error line: exit as the step did (2: its input was bad)
+        finish("failed", e.code, str(e))
+        raise typer.Exit(e.code) from None
     except KeyboardInterrupt:
-        if job:
-            job.finish("stopped", 130, "interrupted")
+        finish("stopped", 130, "interrupted")
         fail("interrupted")
         raise typer.Exit(130) from None
     except BaseException as e:  # a bug: record it, then let the traceback through
         if Terminated.seen and not isinstance(e, typer.Exit):
             stopped()
         if oom_hint and is_out_of_memory(e):
-            if job:
-                job.finish("failed", 2, oom_hint)
-            fail(oom_hint)
-            raise typer.Exit(2) from None
-        if job and not isinstance(e, typer.Exit):
-            job.finish("failed", 1, f"{type(e).__name__}: {e}")
+            refuse(oom_hint)
+        if message := disk_error(e):
+            refuse(message)
+        if not isinstance(e, typer.Exit):
+            finish("failed", 1, f"{type(e).__name__}: {e}")
         raise
-    code = EXIT_STOPPED if state == "stopped" else 0
-    if job:
-        job.finish(state, code)
     if code:
         raise typer.Exit(code)
 
@@ -161,13 +180,13 @@ def demo_corpus(
     out: Annotated[Path, typer.Option(help="Where to write the raw demo sources.")] = Path("data/raw"),
 ) -> None:
     """Write a small offline corpus (from Python's own docs) in the C4, Wikipedia and PG-19 record formats."""
+    # A file in the way is refused now, not after the corpus is built; an OS error is one line through cli_main.
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
     from jobs.demo_corpus import build_demo_corpus
 
-    try:
-        build_demo_corpus(out)
-    except UserError as e:
-        fail(str(e))
-        raise typer.Exit(2) from None
+    build_demo_corpus(out)
 
 
 @app.command()
@@ -220,9 +239,8 @@ def sync_data(
 @app.command()
 def benchmark(config: ConfigOpt = None, set_: SetOpt = None, smoke: SmokeOpt = False) -> None:
     """Time the exact training step; write runs/throughput.json with tokens/s, MFU and the projected cost."""
+    cfg = load_or_exit(config, set_, smoke)  # before torch loads: a typo is answered at once
     from trainer import cost
-
-    cfg = load_or_exit(config, set_, smoke)
 
     def body() -> None:
         n = gpu_count()
@@ -256,13 +274,12 @@ def train(
     smoke: SmokeOpt = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue exactly from the run's latest checkpoint.")] = False,
     resume_from: Annotated[Optional[Path], typer.Option(help="Continue exactly from this checkpoint folder.")] = None,
-    stop_at: Annotated[Optional[int], typer.Option(help="Checkpoint and stop after this step (the schedule is unchanged).")] = None,
-    num_processes: Annotated[Optional[int], typer.Option(help="Processes (one per GPU); default: every GPU.")] = None,
+    stop_at: Annotated[Optional[int], typer.Option(min=1, help="Checkpoint and stop after this step (the schedule is unchanged).")] = None,
+    num_processes: Annotated[Optional[int], typer.Option(min=1, help="Processes (one per GPU); default: every GPU.")] = None,
 ) -> None:
     """Train (one process per GPU through accelerate launch), after the cost guard and the overfit check."""
+    cfg = load_or_exit(config, set_, smoke)  # before torch loads: a typo is answered at once
     from trainer import cost
-
-    cfg = load_or_exit(config, set_, smoke)
     start = str(resume_from) if resume_from else "latest" if resume else None
     if os.environ.get("WORLD_SIZE"):  # a worker started by accelerate launch: just train
         run_job(None, lambda: train_with_uploads(cfg, start, stop_at, main=os.environ.get("RANK", "0") == "0"), memory_hint(cfg))
@@ -270,10 +287,11 @@ def train(
     n = num_processes or gpu_count()
 
     def body() -> str:
-        prepare_run_dir(cfg, start, smoke)
+        check_train_inputs(cfg, start)
+        cost.guard(cfg, num_processes=n)
+        prepare_run_dir(cfg, start, smoke)  # only now, with every input checked, may a smoke run replace the last
         if start == "latest":
             fetch_checkpoint_if_missing(cfg)
-        cost.guard(cfg, num_processes=n)
         if n == 1:
             return train_with_uploads(cfg, start, stop_at, main=True)
         return launch_workers(n)
@@ -310,6 +328,34 @@ def fetch_checkpoint_if_missing(cfg: JobConfig) -> None:
     if got is None:
         raise UserError(f"--resume: no checkpoint in {ckpts} nor in {cfg.hub.checkpoint_repo}")
     print(f"fetched {got.name} from {cfg.hub.checkpoint_repo}")
+
+
+def check_train_inputs(cfg: JobConfig, start: str | None) -> None:
+    """Everything training reads, checked before anything on disk changes: the data, the
+    tokenizer, and the checkpoint to resume from (whole, as `latest` would take it)."""
+    from trainer import checkpoint
+    from trainer.checks import load_tokenizer
+    from trainer.data import TokenData
+
+    data = TokenData(cfg.data.dir, cfg.model.vocab_size, cfg.model.seq_len)
+    load_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size, data.meta)
+    ckpts = run_dir(cfg) / "checkpoints"
+    if start == "latest":
+        if checkpoint.latest(ckpts) is None and not cfg.hub.checkpoint_repo:
+            raise UserError(f"--resume: no complete checkpoint in {ckpts}; train without --resume to start the run")
+    elif start is not None:
+        check_checkpoint(Path(start))
+
+
+def check_checkpoint(folder: Path) -> None:
+    """A checkpoint named on the command line: a folder whose files are all there at their sizes."""
+    from trainer import checkpoint
+
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a checkpoint folder")
+    if not checkpoint.is_complete(folder):
+        raise UserError(f"{folder} is not a complete checkpoint: state.json is missing or a file it lists is "
+                        "missing or cut short (pull it again)")
 
 
 def prepare_run_dir(cfg: JobConfig, resume: str | None, smoke: bool) -> None:
@@ -386,6 +432,7 @@ def evaluate(
 
 
 def run_eval(cfg: JobConfig, folder: Path | None) -> None:
+    folder = checked_checkpoint(cfg, folder)
     import torch
     from accelerate import Accelerator
 
@@ -400,7 +447,6 @@ def run_eval(cfg: JobConfig, folder: Path | None) -> None:
     from trainer.multiple_choice import score
     from trainer.train import mixed_precision
 
-    folder = folder or default_checkpoint(cfg)
     tasks = resolve(cfg.eval.tasks)
     run = run_dir(cfg)
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg), **tracking.tracker_kwargs(cfg, run))
@@ -450,16 +496,21 @@ def export(
     push: Annotated[Optional[str], typer.Option(help="Also upload to this Hub model repo (token from HF_TOKEN).")] = None,
 ) -> None:
     """Write a transformers LlamaForCausalLM (config.json, model.safetensors), its tokenizer and a model card."""
+    cfg = load_or_exit(config, set_, smoke)  # before torch loads: a typo is answered at once
     from jobs import export as ex
     from trainer.data import read_meta
 
-    cfg = load_or_exit(config, set_, smoke)
-
     def body() -> None:
-        folder = checkpoint or default_checkpoint(cfg)
+        folder = checked_checkpoint(cfg, checkpoint)
+        if not Path(cfg.data.tokenizer).is_file():
+            raise UserError(f"tokenizer {cfg.data.tokenizer} not found: run `jobs tokenizer` or `jobs sync-data pull`")
+        target = out or run_dir(cfg) / "hf"
+        # The export replaces its folder whole: only ever an earlier export, never (say) data/.
+        if target.exists() and not all((target / f).is_file() for f in ("config.json", "model.safetensors")):
+            raise UserError(f"--out {target} exists and is not an earlier export: name a new folder")
         meta = read_meta(cfg.data.dir) if (Path(cfg.data.dir) / "data_meta.json").is_file() else None
         card = ex.model_card(run_dir(cfg), cfg.model, meta, cfg.cost.hourly_rate)
-        target = ex.export(folder, out or run_dir(cfg) / "hf", cfg.model, Path(cfg.data.tokenizer), card, meta)
+        target = ex.export(folder, target, cfg.model, Path(cfg.data.tokenizer), card, meta)
         print(f"exported {folder} -> {target} (load with AutoModelForCausalLM.from_pretrained)")
         if push:
             print(f"pushed to {push} at {ex.push(target, push)[:12]}")
@@ -467,13 +518,17 @@ def export(
     run_job(job_file(cfg, "export"), body)
 
 
-def default_checkpoint(cfg: JobConfig) -> Path:
+def checked_checkpoint(cfg: JobConfig, folder: Path | None) -> Path:
+    """`--checkpoint` when given and whole; else the run's final, best or latest whole checkpoint."""
     from trainer import checkpoint
 
+    if folder is not None:
+        check_checkpoint(folder)
+        return folder
     ckpts = run_dir(cfg) / "checkpoints"
-    folder = next((ckpts / n for n in ("final", "best") if (ckpts / n).is_dir()), None) or checkpoint.latest(ckpts)
+    folder = next((ckpts / n for n in ("final", "best") if checkpoint.is_complete(ckpts / n)), None) or checkpoint.latest(ckpts)
     if folder is None:
-        raise UserError(f"no checkpoint in {ckpts}: train first, or pass --checkpoint")
+        raise UserError(f"no complete checkpoint in {ckpts}: train first, or pass --checkpoint")
     return folder
 
 
@@ -514,7 +569,7 @@ def pipeline(config: ConfigOpt = None, set_: SetOpt = None, smoke: SmokeOpt = Fa
             if state == "stopped":
                 return "stopped"
             if code:
-                raise UserError(f"pipeline step '{name}' failed with exit code {code}")
+                raise StepFailed(name, code)
         print_outputs(cfg)
         return "succeeded"
 
@@ -602,12 +657,13 @@ def budget_guard(
     since: Annotated[Optional[float], typer.Option(help="When billing started (Unix time); default: the job's start.")] = None,
     poll: Annotated[float, typer.Option(help="Seconds between checks.")] = 30.0,
     job: Annotated[str, typer.Option(help="The job to guard; the guard waits for it to start.")] = "train",
-    start_timeout: Annotated[float, typer.Option(help="Seconds to wait for that job to start.")] = 24 * 3600,
+    start_timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for that job to start.")] = 24 * 3600,
 ) -> None:
     """Beside a job: SIGTERM it (checkpoint, stop) once hours x cost.hourly_rate reaches cost.max_cost."""
     from jobs.guard import guard
 
     cfg = load_or_exit(config, set_, smoke)
+    check_poll(poll)
     if cfg.cost.max_cost is None:
         fail("cost.max_cost is not set: there is no budget to guard")
         raise typer.Exit(2)
@@ -615,10 +671,15 @@ def budget_guard(
           start_timeout_s=start_timeout)
 
 
+def check_poll(poll: float) -> None:
+    if not poll > 0:  # nan too
+        raise UserError(f"--poll must be > 0 seconds, got {poll}")
+
+
 @app.command("idle-stop")
 def idle_stop_command(
     exit_file: Annotated[Path, typer.Option(help="The job's exit file: it appears when the job has ended.")],
-    after: Annotated[float, typer.Option(help="Seconds to leave the launcher, after the job ends, before stopping.")] = 1800.0,
+    after: Annotated[float, typer.Option(min=0, help="Seconds to leave the launcher, after the job ends, before stopping.")] = 1800.0,
     vast_url: Annotated[str, typer.Option(help="Vast's API, reached with this instance's own scoped key.")] = "",
     poll: Annotated[float, typer.Option(help="Seconds between looks at the exit file.")] = 10.0,
 ) -> None:
@@ -626,6 +687,7 @@ def idle_stop_command(
     from jobs.guard import idle_stop
     from launcher.providers.vast import self_stopper
 
+    check_poll(poll)
     try:
         instance = idle_stop(exit_file, after, self_stopper(vast_url), poll_s=poll)
     except UserError as e:
@@ -689,8 +751,38 @@ def load_or_exit(config: Path | None, sets: list[str] | None, smoke: bool) -> Jo
         raise typer.Exit(2) from None
 
 
+def cli_main(app: typer.Typer) -> NoReturn:
+    """Run a CLI so that every mistake the user can fix is one `error:` line on stderr and exit 2.
+
+    typer raises its own vendored copy of click's exceptions (`except click.*` never matches
+    them), so they are caught by typer's base class.
+    """
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as e:  # a usage error: unknown option, bad value, no command ...
+        if type(e).__name__ == "NoArgsIsHelpError":  # the help is already on stdout
+            fail("no command given: pick one of the commands above")
+        else:
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx else ""
+            fail(" ".join(e.format_message().split()) + hint)
+        sys.exit(2)
+    except UserError as e:
+        fail(str(e))
+        sys.exit(2)
+    except typer.Abort:
+        fail("interrupted")
+        sys.exit(130)
+    except OSError as e:
+        if (message := disk_error(e)) is None:
+            raise
+        fail(message)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 def main() -> None:
-    app()
+    cli_main(app)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,13 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
-import click
 import typer
 import yaml
 from rich.console import Console
 from rich.table import Table
 
 from jobs.config import JobConfig
+from jobs.runner import cli_main
 from launcher.config import LauncherConfig, load_launcher_config
 from launcher.image import image_app
 from launcher.pricing import RankedOffer, ThroughputHistory, rank, within_budget
@@ -1026,23 +1026,7 @@ def has_vast_key() -> bool:
 
 
 def main() -> None:
-    try:
-        code = app(standalone_mode=False)  # errors come to us: one line and exit 2, not a traceback
-    except UserError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/]")
-        sys.exit(130)
-    except click.exceptions.Abort:
-        console.print("[red]interrupted[/]")
-        sys.exit(130)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
+    cli_main(app)  # every usage or input mistake: one `error:` line, exit 2
 
 
 if __name__ == "__main__":

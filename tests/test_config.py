@@ -41,6 +41,7 @@ def test_base_chain_and_overrides(tmp_path):
         ("", ["train.max_steps=ten"], r"'train.max_steps' must be int"),
         ("", ["nosuch.key=1"], r"unknown key 'nosuch'"),
         ("", ["train.lr"], r"expected dotted.key=value"),
+        ("", ["train.sample.prompts=5"], r"'train.sample.prompts' must be list, got str '5'"),
         ("train: [1, 2]\n", [], r"'train' must be a mapping"),
         ("model:\n  n_heads: 5\n", [], r"d_model 768 is not a multiple of n_heads 5"),
         ("model: {d_model: 64\n", [], r"not valid YAML at line"),
@@ -59,3 +60,64 @@ def test_missing_file_and_base_loop(tmp_path):
     loop = write(tmp_path, "loop.yaml", "base: loop.yaml\n")
     with pytest.raises(ConfigError, match="loops back"):
         load_config(Config, loop)
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["train.lr=-1"], r"'train.lr' must be > 0, got -1.0"),
+        (["train.micro_batch_size=0"], r"'train.micro_batch_size' must be >= 1, got 0"),
+        (["train.grad_accum_steps=0"], r"'train.grad_accum_steps' must be >= 1, got 0"),
+        (["train.max_steps=-1"], r"'train.max_steps' must be >= 1, got -1"),
+        (["train.checkpoint_interval=0"], r"'train.checkpoint_interval' must be >= 1, got 0"),
+        (["train.lr=.inf"], r"'train.lr' must be finite and > 0, got inf"),
+        (["train.beta1=1.0"], r"'train.beta1' must be >= 0 and < 1, got 1.0"),
+        (["cost.target_tokens=0"], r"'cost.target_tokens' must be >= 1, got 0"),
+        (["prepare.sources=[{name: a, path: x, weight: -2}]"], r"'prepare.sources\[0\].weight' must be > 0, got -2.0"),
+        (["tokenizer.vocab_size=2"], r"'tokenizer.vocab_size' must be >= 4, got 2"),
+        (["train.min_lr=0.1", "train.lr=0.01"], r"min_lr 0.1 is above lr 0.01"),
+    ],
+)
+def test_numbers_outside_their_bounds_name_the_key_and_the_file(tmp_path, sets, message):
+    from jobs.config import JobConfig
+
+    p = write(tmp_path, "run.yaml", "base: smoke.yaml\n")
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(JobConfig, p, sets)
+    assert str(p) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_bound_holds_in_the_yaml_file_too_and_none_stays_allowed(tmp_path):
+    p = write(tmp_path, "bad.yaml", "train:\n  checkpoint_interval: 0\n")
+    with pytest.raises(ConfigError, match=rf"{p}: 'train.checkpoint_interval' must be >= 1, got 0"):
+        load_config(Config, p)
+    assert load_config(Config, None, ["cost.max_cost=null", "train.sample.top_k=null"]).cost.max_cost is None
+
+
+def test_every_default_is_within_its_bounds():
+    """The bounds check only the keys a file or --set gives; the defaults must pass them too."""
+    import dataclasses
+
+    from jobs.config import JobConfig
+    from launcher.config import LauncherConfig
+    from trainer.config import _outside
+
+    def walk(obj):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            assert _outside(f.metadata, value) is None, (type(obj).__name__, f.name, value)
+            for item in value if isinstance(value, list) else [value]:
+                if dataclasses.is_dataclass(item):
+                    walk(item)
+
+    for cfg in (JobConfig(), LauncherConfig(), load_config(JobConfig, "train.yaml"), load_config(JobConfig, "demo.yaml")):
+        walk(cfg)
+
+
+def test_config_file_that_is_a_folder_or_not_text(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(Config, tmp_path)
+    p = tmp_path / "bin.yaml"
+    p.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(Config, p)

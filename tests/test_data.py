@@ -45,6 +45,14 @@ def test_windows_are_shifted_once_and_deterministic(workdir):
         (lambda w: truncate(w / "data" / "val.bin"), r"val.bin is truncated"),
         (lambda w: poke(w / "data" / "train.bin", VOCAB + 5), rf"holds token id {VOCAB + 5}, but the model's vocab_size is {VOCAB}"),
         (lambda w: set_meta(w, {**meta(w), "vocab_size": 999}), r"has vocab_size 999, the model has"),
+        (lambda w: append(w / "data" / "train.bin", b"\0"), r"train.bin is corrupt: .* not a whole number of 2-byte uint16"),
+        (lambda w: set_meta(w, {**meta(w), "dtype": "float32"}), r"dtype must be one of uint16, uint32"),
+        (lambda w: set_meta(w, {**meta(w), "vocab_size": 70000}), r"vocab_size must be a whole number from 1 to 65,536"),
+        (lambda w: set_meta(w, {**meta(w), "files": {**meta(w)["files"], "val": {"path": "/etc/passwd", "tokens": 10}}}),
+         r"files.val.path must be a file name inside the data folder"),
+        (lambda w: set_meta(w, {**meta(w), "files": {**meta(w)["files"], "train": {"tokens": "many"}}}),
+         r"files.train.tokens must be a whole number"),
+        (lambda w: set_meta(w, [1, 2]), r"no 'files' mapping"),
     ],
 )
 def test_bad_data_is_a_clear_error(workdir, damage, message):
@@ -53,6 +61,11 @@ def test_bad_data_is_a_clear_error(workdir, damage, message):
         train(tiny_config())
     assert "\n" not in str(err.value)
     assert not (workdir / "runs" / "smoke" / "checkpoints").exists()
+
+
+def append(path, extra):
+    with open(path, "ab") as f:
+        f.write(extra)
 
 
 def truncate(path):

@@ -228,8 +228,8 @@ def test_jobs_eval_hellaswag_records_acc_acc_norm_and_bits_per_byte(workdir, tmp
 
 @pytest.mark.parametrize("args, match", [
     (["--tasks", "hellaswag,winogrand"], "unknown eval task 'winogrand'"),
-    (["--set", "eval.batch_size=0"], "batch_size must be at least 1"),
-    (["--set", "eval.limit=-5"], "limit must be at least 1"),
+    (["--set", "eval.batch_size=0"], "'eval.batch_size' must be >= 1"),
+    (["--set", "eval.limit=-5"], "'eval.limit' must be >= 1"),
     (["--set", "train.report_to=[tensorbored]"], "unknown tracker 'tensorbored'"),
 ])
 def test_jobs_eval_refuses_bad_input_before_touching_anything(workdir, args, match):

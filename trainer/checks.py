@@ -90,7 +90,10 @@ def load_tokenizer(path: str | Path, vocab_size: int, data_meta: dict | None = N
     path = Path(path)
     if not path.is_file():
         raise DataError(f"tokenizer {path} not found: run `jobs tokenizer` or `jobs sync-data pull`")
-    sp = spm.SentencePieceProcessor(model_file=str(path))
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(path))
+    except RuntimeError as e:  # sentencepiece says "could not parse ModelProto" this way
+        raise DataError(f"tokenizer {path} is not a SentencePiece model ({e})") from None
     if sp.vocab_size() != vocab_size:
         raise DataError(f"tokenizer {path} has {sp.vocab_size()} pieces, the model's vocab_size is {vocab_size}")
     if expected and sha256_file(path) != expected:

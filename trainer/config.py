@@ -2,8 +2,9 @@
 
 A YAML file may name a `base:` file (relative to itself) whose values it
 overrides, so `train.yaml` can sit on top of `model_100m.yaml`. Every key is
-checked against the dataclasses: an unknown key or a value of the wrong type
-is a `ConfigError` naming the key and the file, which the CLIs turn into one
+checked against the dataclasses: an unknown key, a value of the wrong type
+or one outside its field's `bounded(...)` range is a `ConfigError` naming
+the key and the file, which the CLIs turn into one
 line on stderr and exit code 2. No torch here: the laptop-side launcher
 loads configs too, and should start in a blink.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import operator
 import sys
 import types
 import typing
@@ -31,21 +34,45 @@ class ConfigError(UserError):
     """A config problem the user can fix; its message is one line."""
 
 
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None) -> Any:
+    """A numeric field with its range, checked by `from_dict`: `lr: float = bounded(6e-4, gt=0)`.
+
+    None (for an optional field) is always allowed; a number must be finite and within the bounds.
+    Choices among strings and rules between fields live in the section's `__post_init__`.
+    """
+    limits = {op: v for op, v in ((">=", ge), (">", gt), ("<=", le), ("<", lt)) if v is not None}
+    return field(default=default, metadata={"limits": limits})
+
+
+_COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+
+
+def _outside(meta: Any, value: Any) -> str | None:
+    """What a bounded field's value must be, when it is not."""
+    if value is None or "limits" not in meta:
+        return None
+    limits = meta["limits"]
+    if math.isfinite(value) and all(_COMPARE[op](value, limit) for op, limit in limits.items()):
+        return None
+    return " and ".join(["finite"] * (not math.isfinite(value)) + [f"{op} {limit}" for op, limit in limits.items()])
+
+
 # --- the trainer's sections -------------------------------------------------
 
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 32000
-    d_model: int = 768
-    n_layers: int = 12
-    n_heads: int = 12
-    n_kv_heads: int = 12  # < n_heads for grouped-query attention
-    ffn_dim: int = 1792
-    seq_len: int = 2048
-    rope_theta: float = 10000.0
-    rms_eps: float = 1e-5
-    init_std: float = 0.02
+    vocab_size: int = bounded(32000, ge=4, le=1 << 32)  # unk/bos/eos/pad first; uint32 token files at most
+    d_model: int = bounded(768, ge=1)
+    n_layers: int = bounded(12, ge=1)
+    n_heads: int = bounded(12, ge=1)
+    n_kv_heads: int = bounded(12, ge=1)  # < n_heads for grouped-query attention
+    ffn_dim: int = bounded(1792, ge=1)
+    seq_len: int = bounded(2048, ge=1)
+    rope_theta: float = bounded(10000.0, gt=0)
+    rms_eps: float = bounded(1e-5, gt=0)
+    init_std: float = bounded(0.02, gt=0)
     tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
@@ -53,6 +80,8 @@ class ModelConfig:
             raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim d_model / n_heads = {self.head_dim} must be even (RoPE rotates pairs)")
 
     @property
     def head_dim(self) -> int:
@@ -86,12 +115,12 @@ class DataConfig:
 @dataclass
 class OverfitCheckConfig:
     enabled: bool = True
-    steps: int = 50  # optimizer steps on the micro-set
-    batch_size: int = 4  # windows in the micro-set
-    lr: float | None = None  # None: the run's peak lr
+    steps: int = bounded(50, ge=3)  # optimizer steps on the micro-set (the check takes the best of the last 3)
+    batch_size: int = bounded(4, ge=1)  # windows in the micro-set
+    lr: float | None = bounded(None, gt=0)  # None: the run's peak lr
     # The loss must fall by this fraction: a model that cannot learn stays near
     # 0%, a healthy one memorises a few windows far past it.
-    min_drop: float = 0.3
+    min_drop: float = bounded(0.3, ge=0, lt=1)
 
 
 @dataclass
@@ -103,41 +132,47 @@ class SampleConfig:
             "The capital of France is",
         ]
     )
-    max_new_tokens: int = 48
-    temperature: float = 0.0  # 0 means greedy
-    top_k: int | None = None
-    top_p: float | None = None
-    repetition_penalty: float = 1.0
+    max_new_tokens: int = bounded(48, ge=0)
+    temperature: float = bounded(0.0, ge=0)  # 0 means greedy
+    top_k: int | None = bounded(None, ge=1)
+    top_p: float | None = bounded(None, gt=0, le=1)
+    repetition_penalty: float = bounded(1.0, gt=0)
 
 
 @dataclass
 class TrainConfig:
     run_name: str = "llama-100m"
     runs_dir: str = "runs"
-    seed: int = 1337
-    micro_batch_size: int = 16  # windows per process per micro-step
-    grad_accum_steps: int = 8
-    max_steps: int = 10_000  # optimizer steps
-    lr: float = 6e-4
-    min_lr: float = 6e-5
-    warmup_steps: int = 500
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
+    seed: int = bounded(1337, ge=0)  # numpy's generators take no negative seeds
+    micro_batch_size: int = bounded(16, ge=1)  # windows per process per micro-step
+    grad_accum_steps: int = bounded(8, ge=1)
+    max_steps: int = bounded(10_000, ge=1)  # optimizer steps
+    lr: float = bounded(6e-4, gt=0)
+    min_lr: float = bounded(6e-5, ge=0)
+    warmup_steps: int = bounded(500, ge=0)
+    weight_decay: float = bounded(0.1, ge=0)
+    beta1: float = bounded(0.9, ge=0, lt=1)
+    beta2: float = bounded(0.95, ge=0, lt=1)
+    grad_clip: float = bounded(1.0, ge=0)  # 0: no clipping
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     compile: bool = False
     tf32: bool = True
-    log_interval: int = 10
-    eval_interval: int = 500
-    eval_batches: int = 20  # fixed val batches of micro_batch_size windows
-    checkpoint_interval: int = 1000
-    keep_last: int = 3
+    log_interval: int = bounded(10, ge=1)
+    eval_interval: int = bounded(500, ge=1)
+    eval_batches: int = bounded(20, ge=1)  # fixed val batches of micro_batch_size windows
+    checkpoint_interval: int = bounded(1000, ge=1)
+    keep_last: int = bounded(3, ge=0)  # 0: keep every checkpoint
     overfit_check: OverfitCheckConfig = field(default_factory=OverfitCheckConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     # Experiment trackers, by accelerate's names: tensorboard (under runs/<run>/tensorboard/),
     # wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio; [] for none.
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr} is above lr {self.lr}")
 
 
 @dataclass
@@ -145,24 +180,18 @@ class EvalConfig:
     """What `jobs eval` measures besides val loss and bits per byte."""
 
     tasks: list[str] = field(default_factory=list)  # zero-shot multiple choice: hellaswag, arc_easy
-    limit: int | None = None  # items per task (None: all); a quick look, not a comparable score
-    batch_size: int = 32  # sequences (one per choice) per forward pass
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be at least 1 (or null for all), got {self.limit}")
+    limit: int | None = bounded(None, ge=1)  # items per task (None: all); a quick look, not a comparable score
+    batch_size: int = bounded(32, ge=1)  # sequences (one per choice) per forward pass
 
 
 @dataclass
 class CostConfig:
-    hourly_rate: float = 0.0  # $/h of the machine the run is on
-    max_cost: float | None = None  # refuse to train when the projection is above
-    target_tokens: int | None = None  # None: the run's own max_steps worth
-    benchmark_steps: int = 8
-    benchmark_warmup: int = 2
-    peak_tflops: float | None = None  # override the per-GPU table for MFU
+    hourly_rate: float = bounded(0.0, ge=0)  # $/h of the machine the run is on
+    max_cost: float | None = bounded(None, ge=0)  # refuse to train when the projection is above
+    target_tokens: int | None = bounded(None, ge=1)  # None: the run's own max_steps worth
+    benchmark_steps: int = bounded(8, ge=1)
+    benchmark_warmup: int = bounded(2, ge=0)
+    peak_tflops: float | None = bounded(None, gt=0)  # override the per-GPU table for MFU
 
 
 @dataclass
@@ -200,12 +229,16 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     `base` is relative to the file, else one of the bundled configs.
     """
     p = resolve_config_path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a folder")
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     if p.resolve() in _seen:
         raise ConfigError(f"{p}: 'base' chain loops back to itself")
     try:
         data = yaml.safe_load(p.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -267,6 +300,9 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str, prefix: str = "")
             known = ", ".join(sorted(fields))
             raise ConfigError(f"{source}: unknown key '{prefix}{key}' (known: {known})")
     kwargs = {name: _convert(hints[name], data[name], source, prefix + name) for name in fields if name in data}
+    for name, value in kwargs.items():
+        if wanted := _outside(fields[name].metadata, value):
+            raise ConfigError(f"{source}: '{prefix}{name}' must be {wanted}, got {value!r}")
     try:
         return cls(**kwargs)
     except ValueError as e:  # a section's own consistency check (__post_init__)
@@ -277,10 +313,16 @@ def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
     if isinstance(value, Override):
         # Parse as YAML (3, 1e-4, true, [a, b]); a string field keeps the text as typed ("on", "007").
         try:
-            return _convert(tp, yaml.safe_load(value), source, key)
-        except (ConfigError, yaml.YAMLError):
-            if tp is str or str in typing.get_args(tp):
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = str(value)
+        try:
+            return _convert(tp, parsed, source, key)
+        except ConfigError:
+            if tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp)):
                 return str(value)
+            if isinstance(parsed, (list, dict)):
+                raise  # a list or mapping that parsed: the error names the key inside it
             raise _type_error(tp, str(value), source, key) from None
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)

@@ -20,6 +20,7 @@ from trainer.errors import DataError
 
 META = "data_meta.json"
 VAL_SEED = 0x5EED  # the val windows never change between runs or evals
+DTYPES = {"uint16": 1 << 16, "uint32": 1 << 32}  # the token file types, and the vocab each can hold
 
 
 @dataclass
@@ -29,15 +30,37 @@ class Split:
 
 
 def read_meta(data_dir: str | Path) -> dict:
+    """data_meta.json, its fields checked: it may come from a Hub repo or a host someone else ran."""
     path = Path(data_dir) / META
     if not path.is_file():
         raise DataError(f"{path} not found: run `jobs prepare` or `jobs sync-data pull` first")
     try:
         meta = json.loads(path.read_text())
-        meta["files"]["train"]["tokens"], meta["files"]["val"]["tokens"], meta["dtype"], meta["vocab_size"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise DataError(f"{path} is not a valid data_meta.json ({type(e).__name__}: {e})") from None
+        problem = meta_problem(meta)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        problem = f"{type(e).__name__}: {e}"
+    if problem:
+        raise DataError(f"{path} is not a valid data_meta.json ({problem})")
     return meta
+
+
+def meta_problem(meta: object) -> str | None:
+    """What is wrong with a parsed data_meta.json, if anything."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
+        return "no 'files' mapping"
+    if meta.get("dtype") not in DTYPES:
+        return f"dtype must be one of {', '.join(DTYPES)}, got {meta.get('dtype')!r}"
+    vocab = meta.get("vocab_size")
+    if type(vocab) is not int or not 0 < vocab <= DTYPES[meta["dtype"]]:
+        return f"vocab_size must be a whole number from 1 to {DTYPES[meta['dtype']]:,} for {meta['dtype']}, got {vocab!r}"
+    for name in ("train", "val"):
+        entry = meta["files"].get(name)
+        if not isinstance(entry, dict) or type(entry.get("tokens")) is not int or entry["tokens"] < 0:
+            return f"files.{name}.tokens must be a whole number >= 0"
+        file = entry.get("path", f"{name}.bin")
+        if not isinstance(file, str) or Path(file).name != file or file in ("", ".", ".."):
+            return f"files.{name}.path must be a file name inside the data folder, got {file!r}"
+    return None
 
 
 def open_split(data_dir: str | Path, meta: dict, name: str) -> Split:
@@ -48,6 +71,8 @@ def open_split(data_dir: str | Path, meta: dict, name: str) -> Split:
         raise DataError(f"{path} not found (data_meta.json lists it with {entry['tokens']:,} tokens)")
     count = int(entry["tokens"])
     size = path.stat().st_size
+    if size % dtype.itemsize:
+        raise DataError(f"{path} is corrupt: {size:,} bytes is not a whole number of {dtype.itemsize}-byte {dtype} tokens")
     if size < count * dtype.itemsize:
         raise DataError(
             f"{path} is truncated: {size:,} bytes, data_meta.json counts {count:,} tokens = {count * dtype.itemsize:,} bytes"

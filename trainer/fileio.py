@@ -12,8 +12,9 @@ from typing import Any
 def atomic_write_bytes(path: str | Path, data: bytes, mode: int | None = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -21,8 +22,13 @@ def atomic_write_bytes(path: str | Path, data: bytes, mode: int | None = None) -
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno:
+            # A full disk or a read-only folder names the file we meant to write: not the
+            # temporary name, and not nothing, which is what a failed write() says.
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 
