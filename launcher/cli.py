@@ -34,13 +34,14 @@ from rich.table import Table
 
 from jobs.config import JobConfig
 from jobs.runner import cli_main
-from launcher.config import LauncherConfig, load_launcher_config
+from launcher.config import LauncherConfig, VastConfig, load_launcher_config
 from launcher.image import image_app
 from launcher.pricing import RankedOffer, ThroughputHistory, rank, within_budget
 from launcher.providers import Instance, Provider, get_provider
 from launcher.providers.base import Offer
 from launcher.providers.vast import LOST, SELF_STOPPED
 from launcher.state import Estimate, JobInfo, Record, State, check_name
+from trainer.config import from_dict, to_dict
 from trainer.errors import UserError
 from trainer.fileio import atomic_write_json, atomic_write_text, read_jsonl
 from trainer.sizing import bench_hash, run_tokens
@@ -201,14 +202,10 @@ def num(value: float | None, spec: str) -> str:
 
 
 def apply_vast_flags(cfg: LauncherConfig, gpu, max_dph, interruptible, image) -> None:
-    if gpu:
-        cfg.vast.gpu_names = list(gpu)
-    if max_dph is not None:
-        cfg.vast.max_dph = max_dph
-    if interruptible is not None:
-        cfg.vast.interruptible = interruptible
-    if image:
-        cfg.vast.image = image
+    flags = {"gpu_names": list(gpu or []) or None, "max_dph": max_dph, "interruptible": interruptible, "image": image}
+    given = {k: v for k, v in flags.items() if v is not None}
+    # Through the config types, so a flag meets the same bounds as the file (`--max-dph -1` is refused).
+    cfg.vast = from_dict(VastConfig, {**to_dict(cfg.vast), **given}, "command line", "vast.")
 
 
 def apply_job_flags(cfg: LauncherConfig, config: str | None, sets: list[str] | None, smoke: bool) -> None:
