@@ -69,15 +69,35 @@ def test_bins_match_meta_exactly(prepared):
     assert not list(Path(cfg.data.dir).glob("*.tmp")) and not (Path(cfg.data.dir) / ".prepare").exists()
 
 
-def test_stats_count_filters_and_duplicates(prepared):
+def test_stats_add_up_per_source_and_split(prepared):
     _, corpus, meta = prepared
     stats = meta["stats"]
-    rejected = {name for split in stats.values() for s in split.values() for name in s.get("rejected", {})}
-    assert {"c4_junk_keywords", "c4_navigation", "wiki_list_heavy"} <= rejected
-    assert meta["dedup"]["near"] >= len(corpus["planted"]["near"]) and meta["dedup"]["exact"] >= 1
+    assert set(stats) == {"train", "val"}
+    for by_source in stats.values():
+        for s in by_source.values():
+            count = s["count"]
+            # documents read = kept + duplicates + rejected, each document counted once
+            assert count["documents"] == count.get("kept", 0) + sum(s["duplicates"].values()) + sum(
+                s["rejected"].values()
+            )
+            assert sum(s["pieces_rejected"].values()) <= count["pieces"]
     seen = sum(s["count"]["documents"] for split in stats.values() for s in split.values())
     assert seen == meta["source_documents_read"] == corpus["documents"]
+    # the long list page is one document, rejected in several pieces
+    wiki = [s for split in stats.values() for name, s in split.items() if name == "wikipedia"]
+    assert sum(s["rejected"].get("wiki_list_heavy", 0) for s in wiki) == 1
+    assert sum(s["pieces_rejected"].get("wiki_list_heavy", 0) for s in wiki) >= 2
+    rejected = {name for split in stats.values() for s in split.values() for name in s["rejected"]}
+    assert "c4_junk_keywords" in rejected
+    # a menu line is dropped as a line; its page is kept
+    assert sum(s["lines_dropped"].get("c4_navigation", 0) for split in stats.values() for s in split.values()) >= 1
+    assert meta["dedup"]["near"] >= len(corpus["planted"]["near"]) and meta["dedup"]["exact"] >= 1
     assert set(meta["mix"]) == {"c4", "wikipedia", "gutenberg"} and meta["filters"]["common"]["max_chars"] == 20_000
+    retention = meta["retention"]
+    for source, r in retention.items():
+        kept = sum(s["count"].get("kept", 0) for split in stats.values() for name, s in split.items() if name == source)
+        assert r["kept_pct"] == round(100 * kept / r["documents"], 2)
+        assert abs(r["kept_pct"] + r["duplicates_pct"] + sum(r["rejected_pct"].values()) - 100) < 0.1
 
 
 def test_no_duplicates_left_and_no_val_document_or_near_copy_in_train(prepared):
