@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -277,3 +278,65 @@ def test_local_text_files_are_one_document_each_and_a_big_vocab_is_uint32(tmp_pa
     )
     assert sorted(t for _, t in documents(cfg)) == texts
     assert token_dtype(65_535) == np.uint16 and token_dtype(65_536) == np.uint32
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Processes still in a process group (field 5 of /proc/PID/stat)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                pids.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while we looked
+    return pids
+
+
+def test_ctrl_c_at_any_moment_never_hangs_and_the_job_ends_stopped(prepared, tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) at random moments, 30 times."""
+    cfg0, _, _ = prepared
+    corpus = tmp_path / "raw"
+    build_corpus(corpus, seed=4, c4_docs=1200, near_pairs=20)
+    cfg = _prepare_cfg(tmp_path, corpus, cfg0.data.tokenizer, num_workers=2, batch_docs=4, checkpoint_docs=40)
+    run = tmp_path / "runs" / cfg.train.run_name
+    scratch = Path(cfg.data.dir) / ".prepare"
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    rng = np.random.default_rng(0)
+    outcomes, deadline = [], time.time() + 420
+    for attempt in range(30):
+        assert time.time() < deadline, f"only {attempt} tries in the time allowed"
+        (run / "job.json").unlink(missing_ok=True)
+        shutil.rmtree(cfg.data.dir, ignore_errors=True)  # each try starts afresh, so its folders mark its progress
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jobs.runner", "prepare", "--config", str(tmp_path / "config.yaml")],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )
+        try:
+            # the job has started (odd tries), or its worker pool is at work (even tries); then a random moment
+            mark = run / "job.json" if attempt % 2 else scratch
+            t0 = time.time()
+            while not mark.exists() and proc.poll() is None and time.time() - t0 < 60:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 3.0 if attempt % 2 else 1.5))
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                _, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"try {attempt}: prepare hung after Ctrl-C")
+            t0 = time.time()
+            while _group_members(proc.pid) and time.time() - t0 < 10:
+                time.sleep(0.05)
+            assert not _group_members(proc.pid), f"try {attempt}: worker processes outlived prepare"
+        finally:
+            if _group_members(proc.pid):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        job = json.loads((run / "job.json").read_text()) if (run / "job.json").exists() else None
+        state = job["state"] if job else "not started"
+        assert state in ("stopped", "succeeded", "not started"), f"try {attempt}: {state}, {err.decode()[-2000:]}"
+        if state == "stopped":
+            assert job["exit_code"] == 130
+            assert proc.returncode in (130, -signal.SIGINT), err.decode()[-3000:]
+            assert "Traceback" not in err.decode()
+        outcomes.append(state)
+    assert outcomes.count("stopped") >= 20, outcomes
