@@ -340,3 +340,66 @@ def test_ctrl_c_at_any_moment_never_hangs_and_the_job_ends_stopped(prepared, tmp
             assert "Traceback" not in err.decode()
         outcomes.append(state)
     assert outcomes.count("stopped") >= 20, outcomes
+
+
+def _jobs(tmp: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "jobs.runner", *args], cwd=tmp, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+BAD_SOURCES = [
+    ("empty.jsonl", b"", "bad/empty.jsonl is empty"),
+    ("latin1.jsonl", '{"text": "Caf\u00e9 au lait, a long enough text."}\n'.encode("latin-1"),
+     "cannot read bad/latin1.jsonl: not UTF-8 text (byte 0xe9"),
+    ("latin1.txt", "Caf\u00e9 au lait.\n".encode("latin-1"), "cannot read bad/latin1.txt: not UTF-8 text (byte 0xe9"),
+    ("no-records.jsonl", b"\n\n", "no records in"),
+    ("garbage.parquet", b"PAR1 this is no parquet file", "cannot read bad/garbage.parquet"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", BAD_SOURCES, ids=[b[0] for b in BAD_SOURCES])
+def test_a_bad_source_is_one_line_naming_the_file_and_nothing_changes(prepared, tmp_path, name, content, message):
+    """Over a finished prepare and an interrupted one's checkpoint: refused before anything is touched."""
+    from badinput import assert_refused, snapshot
+
+    cfg0, _, _ = prepared
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / name).write_bytes(content)
+    source = [{"name": "mine", "type": "local", "data_files": [f"bad/{name}"]}]
+    cfg = _prepare_cfg(tmp_path, tmp_path / "raw", cfg0.data.tokenizer, sources=source)
+    data = Path(cfg.data.dir)
+    shutil.copytree(Path(cfg0.data.dir), data)
+    (data / ".prepare").mkdir()
+    (data / ".prepare" / "checkpoint.json").write_text('{"fingerprint": "an earlier run"}')
+    (data / "train.bin.tmp").write_bytes(b"\x01\x00" * 10)
+    for args in (["prepare"], ["prepare", "--resume"], ["tokenizer"]):
+        roots = (data, tmp_path / "tokenizer", tmp_path / "bad")
+        before = snapshot(*roots)
+        if args == ["prepare", "--resume"]:
+            # a checkpoint of this very config, so that --resume gets as far as the sources
+            (data / ".prepare" / "checkpoint.json").write_text(json.dumps({"fingerprint": _fingerprint_of(cfg)}))
+            before = snapshot(*roots)
+        out = _jobs(tmp_path, *args, "--config", "config.yaml")
+        assert_refused(out.returncode, out.stderr, before, snapshot(*roots), match=message)
+        assert "--resume" not in out.stderr, "resuming cannot mend a bad file"
+
+
+def _fingerprint_of(cfg) -> str:
+    from jobs.prepare.pipeline import _fingerprint
+
+    return _fingerprint(cfg, sha256_file(cfg.data.tokenizer))
+
+
+def test_without_a_terminal_progress_is_whole_lines(prepared, tmp_path):
+    cfg0, _, _ = prepared
+    corpus = tmp_path / "raw"
+    build_corpus(corpus, seed=6, c4_docs=600, near_pairs=4)
+    _prepare_cfg(tmp_path, corpus, cfg0.data.tokenizer, batch_docs=4)
+    for job in ("tokenizer", "prepare"):
+        out = _jobs(tmp_path, job, "--config", "config.yaml", env={"TQDM_MININTERVAL": "0.2"})
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "\r" not in out.stderr, "no redraws in a log"
+        lines = [line for line in out.stderr.splitlines() if line.startswith(("tokenizer sample:", "prepare:"))]
+        assert len(lines) >= 3, out.stderr  # the first, at least one on the way, the last
+        assert len(lines) == len(set(lines)), "each line says something new"

@@ -22,6 +22,8 @@ from trainer.errors import UserError
 
 # A local file is not a download: do not ping the Hub's download counter for the "json" builder.
 datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
+# A file it cannot read, datasets also logs on its own; we say it once, in one line that names the file.
+datasets.logging.set_verbosity(datasets.logging.CRITICAL)
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
 
