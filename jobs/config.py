@@ -2,7 +2,8 @@
 
 `JobConfig` adds `tokenizer:`, `prepare:` and `hub:` to the YAML files; it is
 loaded with `trainer.config.load_config(JobConfig, path, overrides)`, which
-type-checks every key. The filter defaults are the seed project's thresholds.
+type-checks every key. The filter defaults are the seed project's thresholds,
+and the Gopher and C4 rules' published ones.
 """
 
 from __future__ import annotations

@@ -119,6 +119,7 @@ class Doc:
 
     @functools.cached_property
     def word_ids(self) -> np.ndarray:
+        # Python's own string hash: it differs between processes, but ids are only compared within a document
         return np.array([hash(w) for w in self.words], dtype=np.int64).view(np.uint64)
 
     @functools.cached_property
@@ -181,23 +182,23 @@ def apply_line_rules(text: str, kind: str, cfg: FiltersConfig) -> Doc:
     """Drop the lines a rule rejects; blank lines (paragraph breaks) stay, the text's trailing break too."""
     rules = LINE_RULES.get(kind, COMMON_LINE_RULES)
     body = text.rstrip()
-    out, dropped, lines, code = [], Counter(), 0, 0
+    out, dropped, lines, braces = [], Counter(), 0, 0
     for raw in body.split("\n"):
         line = raw.strip()
         if not line:
             out.append(raw)
             continue
         lines += 1
-        code += "{" in line or "}" in line
+        braces += "{" in line or "}" in line
         rule = next((r for r in rules if not r(line, cfg)), None)
         if rule is None:
             out.append(raw)
         else:
             dropped[rule.__name__] += 1
-    kept = "\n".join(out) if dropped else body
-    if dropped:
-        kept = re.sub(r"\n\s*\n(\s*\n)+", "\n\n", kept).strip("\n")
-    return Doc(kept + text[len(body) :] if kept.strip() else "", lines, dropped, code)
+    kept = body
+    if dropped:  # close the gaps that the dropped lines left
+        kept = re.sub(r"\n\s*\n(\s*\n)+", "\n\n", "\n".join(out)).strip("\n")
+    return Doc(kept + text[len(body) :] if kept.strip() else "", lines, dropped, braces)
 
 
 # --- document rules: True keeps the document ---------------------------------------------

@@ -185,7 +185,10 @@ class Stats:
                 for g, c in by_src.get(source, {}).items():
                     total[g] += c
             n = total["count"]["documents"]
-            pct = lambda k: round(100 * k / max(n, 1), 2)  # noqa: E731
+
+            def pct(k: int) -> float:
+                return round(100 * k / max(n, 1), 2)
+
             out[source] = {
                 "documents": n,
                 "kept_pct": pct(total["count"]["kept"]),

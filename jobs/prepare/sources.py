@@ -73,7 +73,7 @@ def read_error(src: SourceConfig, e: Exception) -> UserError:
         try:
             for _ in _load_local(src, [f]):
                 pass
-        except Exception as err:  # noqa: BLE001 - any failure to read is what we are looking for
+        except Exception as err:  # any failure to read is what we are looking for
             return UserError(f"source '{src.name}': cannot read {f}: {_reason(err)}")
     return UserError(f"source '{src.name}': cannot read {src.data_files}: {_reason(e)}")
 
