@@ -292,6 +292,7 @@ def _group_members(pgid: int) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 def test_ctrl_c_at_any_moment_never_hangs_and_the_job_ends_stopped(prepared, tmp_path):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) at random moments, 30 times."""
     cfg0, _, _ = prepared
