@@ -27,12 +27,11 @@ import yaml
 from datasketch import MinHash
 
 from jobs.config import DedupConfig, JobConfig
-from jobs.demo_corpus import build_demo_corpus
-from jobs.prepare import run_prepare
 from jobs.prepare.dedup import normalize, signatures
-from jobs.prepare.sources import documents
-from jobs.tokenizer import train_tokenizer
 from trainer.config import load_config
+
+# prepare's worker processes import this script again (multiprocessing's spawn): what only the main
+# process needs (`datasets` above all) is imported inside the functions, as `jobs prepare` does it.
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -67,6 +66,11 @@ def demo_config(tmp: Path, workers: int, passes: int = 1) -> JobConfig:
 
 
 def bench_prepare(tmp: Path, passes: int) -> None:
+    from jobs.demo_corpus import build_demo_corpus
+    from jobs.prepare import run_prepare
+    from jobs.prepare.sources import documents
+    from jobs.tokenizer import train_tokenizer
+
     cores = os.cpu_count() or 1
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         build_demo_corpus(tmp / "raw")
@@ -129,6 +133,8 @@ def bench_minhash(texts: list[str]) -> None:
 
 
 def main() -> None:
+    from jobs.prepare.sources import documents
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=int, default=400, help="documents for the MinHash comparison")
     ap.add_argument("--passes", type=int, default=4, help="times prepare reads the demo corpus")

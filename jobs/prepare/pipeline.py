@@ -1,6 +1,6 @@
 """`jobs prepare`: source mix -> clean and filter -> dedup -> split -> tokenize -> .bin files.
 
-Worker processes clean, filter, sign (MinHash) and tokenize batches of
+Worker processes (work.py) clean, filter, sign (MinHash) and tokenize batches of
 documents; the main process, in stream order, drops duplicates against
 everything kept so far (train and val together) and appends the survivors'
 tokens to their split's file. The split is a hash of the raw text, so it is
@@ -18,51 +18,24 @@ import signal
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import sentencepiece as spm
 from rich.console import Console
 from rich.table import Table
 
 from jobs import tokenizer as tok
-from jobs.config import JobConfig, PrepareConfig
-from jobs.prepare.dedup import Deduplicator, exact_key, signatures
-from jobs.prepare.filters import chunk, clean, judge
+from jobs.config import JobConfig
+from jobs.prepare.dedup import Deduplicator
 from jobs.prepare.sources import check_sources, documents
-from jobs.progress import progress
+from jobs.prepare.work import Judged, init_worker, judge_batch
 from jobs.prepare.write import SPLITS, Checkpoint, TokenWriter, token_dtype
+from jobs.progress import progress
 from trainer.errors import DataError
 from trainer.fileio import atomic_write_json, read_json
 
 META_VERSION = 1
-
-
-@dataclass
-class Judged:
-    source: str
-    split: str
-    pieces: int  # a document over max_chars is judged in pieces
-    rejected: list[str]  # the rule that rejected each rejected piece, in order
-    lines_dropped: Counter  # line rule -> lines
-    tokens: np.ndarray | None = None  # the kept text's ids and its EOS; None when every piece was rejected
-    key: bytes = b""  # exact-dedup hash
-    sig: np.ndarray | None = None  # MinHash signature
-
-
-def split_of(text: str, val_fraction: float) -> str:
-    u = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") / 2**64
-    return "val" if u < val_fraction else "train"
-
-
-_CFG: PrepareConfig | None = None  # set in each worker process
-_SP: spm.SentencePieceProcessor | None = None
-
-
-def _init_worker(cfg: PrepareConfig, tokenizer: str) -> None:
-    global _CFG, _SP
-    _CFG, _SP = cfg, spm.SentencePieceProcessor(model_file=tokenizer)
 
 
 def _start_pool(workers: int, init_args: tuple):
@@ -74,7 +47,7 @@ def _start_pool(workers: int, init_args: tuple):
     """
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        return mp.get_context("spawn").Pool(workers, _init_worker, init_args)
+        return mp.get_context("spawn").Pool(workers, init_worker, init_args)
     finally:
         signal.signal(signal.SIGINT, old)
 
@@ -87,38 +60,6 @@ def _stop_pool(pool) -> None:
         pool.join()
     finally:
         signal.signal(signal.SIGINT, old)
-
-
-def judge_batch(batch: list[tuple[str, str]]) -> list[Judged]:
-    """Clean, filter, sign and tokenize a batch; documents over max_chars are judged piece by piece.
-
-    Tokenizing here, in the workers, is what spreads it over the cores (SentencePiece's own
-    threads barely help: building the Python lists of ids holds the GIL).
-    """
-    cfg = _CFG
-    kinds = {s.name: s.kind for s in cfg.sources}
-    out, texts = [], []
-    for source, raw in batch:
-        kind = kinds[source]
-        kept, rejected, lines = [], [], Counter()
-        pieces = chunk(clean(raw, kind, cfg.filters), cfg.filters.common.max_chars)
-        for piece in pieces:
-            verdict = judge(piece, kind, cfg.filters)
-            lines += verdict.lines_dropped
-            if verdict.rejected_by:
-                rejected.append(verdict.rejected_by)
-            else:
-                kept.append(verdict.text)
-        out.append(Judged(source, split_of(raw, cfg.val_fraction), len(pieces), rejected, lines))
-        texts.append("".join(kept) if kept else None)  # the pieces end at their separators
-    keep = [(j, t) for j, t in zip(out, texts) if t is not None]
-    sigs = signatures([t for _, t in keep], cfg.dedup)
-    ids = _SP.encode([t for _, t in keep], num_threads=1)  # one thread per worker process: no oversubscription
-    dtype = token_dtype(_SP.vocab_size())
-    for (j, text), sig, doc_ids in zip(keep, sigs, ids):
-        j.key, j.sig = exact_key(text), sig
-        j.tokens = np.array(doc_ids + [_SP.eos_id()], dtype=dtype)  # one EOS per document
-    return out
 
 
 def _batches(it: Iterator, n: int) -> Iterator[list]:
@@ -254,7 +195,7 @@ def run_prepare(cfg: JobConfig, resume: bool = False) -> dict:
         if workers > 1:
             pool = _start_pool(workers, init_args)
         else:
-            _init_worker(*init_args)
+            init_worker(*init_args)
         batches = _batches(stream, pcfg.batch_docs)
         judged = _ordered_map(pool, judge_batch, batches, 2 * workers) if pool else map(judge_batch, batches)
         for batch in judged:
