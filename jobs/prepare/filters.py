@@ -39,7 +39,7 @@ _NON_SPACE = re.compile(r"\S")
 _PUNCT = re.compile(r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]")
 _WORD = re.compile(r"\w+")
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]\u201d\u2019]*(?=\s|$)|[\"\u201d]$", re.MULTILINE)
-_TERMINAL = ('.', '!', '?', '"', "'", "\u201d", "\u2019", ")")
+_TERMINAL = (".", "!", "?", '"', "'", "\u201d", "\u2019", ")")
 
 
 def _non_space(text: str) -> int:
@@ -315,10 +315,11 @@ def wiki_list_heavy(doc: Doc, cfg: FiltersConfig) -> bool:
 _STRUCTURE = [placeholder, code, boilerplate_lines]
 _REPETITION = [dup_paragraphs, dup_lines, top_ngram, dup_ngrams]
 _QUALITY = [symbol_ratio, word_length, stop_words, line_structure]
+_COMMON = [*_STRUCTURE, min_length, max_weird, *_REPETITION, min_alpha, *_QUALITY]
 DOC_RULES: dict[str, list[Callable[[Doc, FiltersConfig], bool]]] = {
-    "generic": [*_STRUCTURE, min_length, max_weird, *_REPETITION, min_alpha, *_QUALITY],
+    "generic": _COMMON,
+    "gutenberg": _COMMON,
     "wikipedia": [*_STRUCTURE, min_length, wiki_list_heavy, max_weird, *_REPETITION, min_alpha, *_QUALITY],
-    "gutenberg": [*_STRUCTURE, min_length, max_weird, *_REPETITION, min_alpha, *_QUALITY],
     # C4's stricter alpha threshold replaces the common one
     "c4": [
         *_STRUCTURE, navigation_lines, c4_junk_keywords, min_length, max_weird, *_REPETITION, c4_alpha,
