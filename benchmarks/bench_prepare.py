@@ -1,58 +1,39 @@
 """Data-prep speed on this machine, in one run (a measurement, never a timed test).
 
-- filters: clean + all filters of the document's source kind, documents/s
-- MinHash: our batched signatures (`MinHash.bulk`, one numpy pass per document)
-  vs datasketch's one-shingle-at-a-time `update` loop, signatures/s and the ratio
-- tokenization: SentencePiece tokens/s in one process vs one per core (as prepare's workers do)
+- prepare: the whole `jobs prepare` on the demo corpus (read, clean, filter, MinHash, dedup,
+  tokenize, write), MB/s and documents/s with one process and with one per core, and the ratio
+- MinHash: our signatures against datasketch's own batch path (`MinHash.bulk` over each
+  document's shingles, its default hash), signatures/s, the ratio, and how well each estimates
+  the Jaccard similarity of document pairs whose true similarity is known
 
-Usage: python benchmarks/bench_prepare.py [--docs N]
+Both ratios are taken within this one run, so a machine busy with other work slows both sides.
+
+Usage: python benchmarks/bench_prepare.py [--docs N] [--passes N]
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
-import multiprocessing as mp
+import contextlib
+import io
 import os
+import random
 import tempfile
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
-import sentencepiece as spm
+import numpy as np
+import yaml
 from datasketch import MinHash
 
-from jobs.config import DedupConfig, FiltersConfig
-from jobs.demo_corpus import build_demo_corpus
+from jobs.config import DedupConfig, JobConfig
 from jobs.prepare.dedup import normalize, signatures
-from jobs.prepare.filters import chunk, clean, rejected_by
+from trainer.config import load_config
 
+# prepare's worker processes import this script again (multiprocessing's spawn): what only the main
+# process needs (`datasets` above all) is imported inside the functions, as `jobs prepare` does it.
 
-def load_demo(root: Path) -> list[tuple[str, str]]:
-    """(kind, text) for every document of the demo corpus."""
-    info = build_demo_corpus(root)
-    docs = []
-    for kind, files in info["files"].items():
-        for f in files:
-            if f.endswith(".gz"):
-                with gzip.open(f, "rt") as fh:
-                    docs += [(kind, json.loads(line)["text"]) for line in fh]
-            else:
-                docs += [(kind, t) for t in pq.read_table(f).column("text").to_pylist()]
-    return docs
-
-
-_SP: spm.SentencePieceProcessor | None = None
-
-
-def _load(model: str) -> None:
-    global _SP
-    _SP = spm.SentencePieceProcessor(model_file=model)
-
-
-def _encode(texts: list[str]) -> int:
-    return sum(map(len, _SP.encode(texts, num_threads=1)))  # one thread: parallelism comes from processes
+REPO = Path(__file__).resolve().parent.parent
 
 
 def timed(fn, repeat: int = 3) -> float:
@@ -65,66 +46,104 @@ def timed(fn, repeat: int = 3) -> float:
     return best
 
 
+def demo_config(tmp: Path, workers: int, passes: int = 1) -> JobConfig:
+    """The demo corpus read `passes` times over (as more sources): the repeats cost the same work up to
+    the dedup, which then drops them; the start of the worker processes counts for less."""
+    raw = tmp / "raw"
+    sources = [
+        {"name": f"{kind}{k}", "type": "local", "kind": kind, "data_files": [f"{raw}/{kind}/{pattern}"],
+         "weight": weight}
+        for k in range(passes)
+        for kind, pattern, weight in (("c4", "*.json.gz", 0.3), ("wikipedia", "*.parquet", 0.45),
+                                      ("gutenberg", "*.parquet", 0.25))
+    ]
+    return load_config(JobConfig, REPO / "configs" / "smoke.yaml", [
+        f"data.dir={tmp / f'data{workers}'}",
+        f"data.tokenizer={tmp / 'tokenizer' / 'spm.model'}",
+        f"prepare.num_workers={workers}",
+        f"prepare.sources={yaml.safe_dump(sources, default_flow_style=True).strip()}",
+    ])
+
+
+def bench_prepare(tmp: Path, passes: int) -> None:
+    from jobs.demo_corpus import build_demo_corpus
+    from jobs.prepare import run_prepare
+    from jobs.prepare.sources import documents
+    from jobs.tokenizer import train_tokenizer
+
+    cores = os.cpu_count() or 1
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        build_demo_corpus(tmp / "raw")
+        train_tokenizer(demo_config(tmp, 1))
+    cfg1 = demo_config(tmp, 1, passes)
+    mb = sum(len(text.encode()) for _, text in documents(cfg1.prepare)) / 1e6
+    rates = {}
+    for workers in (1, cores):
+        cfg = demo_config(tmp, workers, passes)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            start = time.perf_counter()
+            meta = run_prepare(cfg)
+            secs = time.perf_counter() - start
+        rates[workers] = secs
+        docs = meta["source_documents_read"]
+        print(f"prepare      {mb / secs:8.2f} MB/s {docs / secs:8,.0f} docs/s   {workers} process(es)"
+              f"   ({docs} documents: the demo corpus x{passes}, {mb:.2f} MB, {secs:.1f}s)")
+    print(f"prepare      ratio {rates[1] / rates[cores]:4.2f}x on {cores} cores (goal >= 1.7x on 2)")
+
+
+def shingle_set(text: str, n: int) -> set[bytes]:
+    words = normalize(text)
+    return {" ".join(words[i : i + n]).encode() for i in range(max(len(words) - n + 1, 1))}
+
+
+def edited(text: str, rng: random.Random, fraction: float) -> str:
+    """text with `fraction` of its words replaced at random places."""
+    words = text.split(" ")
+    for i in rng.sample(range(len(words)), int(len(words) * fraction)):
+        words[i] = f"w{rng.randrange(10**6)}"
+    return " ".join(words)
+
+
+def bench_minhash(texts: list[str]) -> None:
+    cfg = DedupConfig()
+    n = cfg.shingle_words
+    ours = timed(lambda: signatures(texts, cfg))
+
+    def datasketch_bulk():
+        return MinHash.bulk([shingle_set(t, n) for t in texts], num_perm=cfg.num_perm, seed=cfg.seed)
+
+    theirs = timed(datasketch_bulk)
+    print(f"minhash      {len(texts) / ours:10,.0f} sigs/s ours   {len(texts) / theirs:10,.0f} sigs/s datasketch bulk"
+          f"   ratio {theirs / ours:4.1f}x (goal >= 3x)   ({len(texts)} documents, {cfg.num_perm} permutations)")
+
+    # accuracy: pairs with a known Jaccard similarity, estimated by both
+    rng = random.Random(0)
+    long_texts = [t for t in texts if len(t.split()) > 100] or texts
+    pairs = [(t, edited(t, rng, rng.choice((0.02, 0.05, 0.1, 0.2)))) for t in long_texts[:60]]
+    err = {"ours": [], "datasketch": []}
+    for a, b in pairs:
+        sa, sb = shingle_set(a, n), shingle_set(b, n)
+        true = len(sa & sb) / len(sa | sb)
+        sig = signatures([a, b], cfg)
+        err["ours"].append(abs(np.mean(sig[0] == sig[1]) - true))
+        ma, mb = MinHash.bulk([sa, sb], num_perm=cfg.num_perm, seed=cfg.seed)
+        err["datasketch"].append(abs(ma.jaccard(mb) - true))
+    print(f"minhash      Jaccard error (mean abs over {len(pairs)} pairs): ours {np.mean(err['ours']):.3f}"
+          f"   datasketch {np.mean(err['datasketch']):.3f}")
+
+
 def main() -> None:
+    from jobs.prepare.sources import documents
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=int, default=400, help="documents for the MinHash comparison")
+    ap.add_argument("--passes", type=int, default=4, help="times prepare reads the demo corpus")
     args = ap.parse_args()
-    cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
-        docs = load_demo(Path(tmp) / "raw")
-        fcfg = FiltersConfig()
-
-        def run_filters():
-            for kind, text in docs:
-                for piece in chunk(clean(text, kind, fcfg), fcfg.common.max_chars):
-                    rejected_by(piece, kind, fcfg)
-
-        secs = timed(run_filters)
-        mb = sum(len(t) for _, t in docs) / 1e6
-        print(
-            f"filters      {len(docs) / secs:10,.0f} docs/s   {mb / secs:6.1f} MB/s   ({len(docs)} demo documents, one core)"
-        )
-
-        dcfg = DedupConfig()
-        texts = [t for _, t in docs][: args.docs]
-        batched = timed(lambda: signatures(texts, dcfg))
-
-        def one_at_a_time():  # the usual way: each word 5-gram as bytes, datasketch's sha1, one update each
-            n = dcfg.shingle_words
-            for t in texts:
-                words = normalize(t)
-                m = MinHash(num_perm=dcfg.num_perm, seed=dcfg.seed)
-                for s in {" ".join(words[i : i + n]).encode() for i in range(max(len(words) - n + 1, 1))}:
-                    m.update(s)
-
-        loop = timed(one_at_a_time)
-        print(
-            f"minhash      {len(texts) / batched:10,.0f} sigs/s batched   {len(texts) / loop:8,.1f} sigs/s update loop"
-            f"   ratio {loop / batched:5.1f}x (goal >= 10x)"
-        )
-
-        prefix = Path(tmp) / "spm"
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(s for _, t in docs for s in chunk(t, 4000)),
-            model_prefix=str(prefix),
-            vocab_size=2000,
-            model_type="bpe",
-            byte_fallback=True,
-            minloglevel=2,
-        )
-        # as prepare does it: whole batches of documents per worker process
-        corpus = [t for _, t in docs] * 4
-        batches = [corpus[i : i + 32] for i in range(0, len(corpus), 32)]
-        _load(f"{prefix}.model")
-        n = sum(map(_encode, batches))
-        one = timed(lambda: list(map(_encode, batches)))
-        with mp.get_context("spawn").Pool(cores, _load, (f"{prefix}.model",)) as pool:
-            pool.map(_encode, batches[:cores])  # started and warm
-            many = timed(lambda: pool.map(_encode, batches))
-        print(
-            f"tokenize     {n / one:10,.0f} tok/s one core   {n / many:10,.0f} tok/s {cores} processes"
-            f"   ratio {one / many:4.1f}x   ({n:,} tokens, vocab 2000)"
-        )
+        bench_prepare(Path(tmp), args.passes)
+        cfg = demo_config(Path(tmp), 1)
+        texts = [t for _, t in documents(cfg.prepare)][: args.docs]
+        bench_minhash(texts)
 
 
 if __name__ == "__main__":

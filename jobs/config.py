@@ -3,7 +3,8 @@
 `JobConfig` adds `tokenizer:`, `prepare:` and `hub:` to the YAML files; it is
 loaded with `trainer.config.load_config(JobConfig, path, overrides)`, which
 type-checks every key and holds every number to its `bounded(...)` range.
-The filter defaults are the seed project's thresholds.
+The filter defaults are the seed project's thresholds, and the Gopher and C4
+rules' published ones.
 """
 
 from __future__ import annotations
@@ -55,39 +56,74 @@ def _default_sources() -> list[SourceConfig]:
 
 @dataclass
 class CommonFilterConfig:
-    """Applied to every document after its source's cleaning."""
+    """Applied to every document after its source's cleaning.
 
-    min_chars: int = bounded(300, ge=0)
+    Line rules drop a line; document rules reject a document (a piece of at
+    most max_chars) by a ratio. The repetition and quality ratios are the
+    Gopher rules' (Rae et al. 2021, appendix A); the curly-bracket and
+    placeholder rules are C4's (Raffel et al. 2020), as ratios of lines.
+    """
+
+    min_chars: int = bounded(300, ge=0)  # after line rules
     max_chars: int = bounded(80_000, ge=1)  # longer documents are chunked at paragraph breaks, not dropped
-    min_alpha_ratio: float = bounded(0.65, ge=0, le=1)  # letters / non-space characters
-    max_char_repeat: int = bounded(6, ge=1)  # a non-space character this many times in a row rejects
-    max_weird_ratio: float = bounded(0.01, ge=0, le=1)  # symbols, controls, private use, U+FFFD (by Unicode category)
-    short_line_chars: int = bounded(20, ge=0)
-    max_short_line_ratio: float = bounded(0.30, ge=0, le=1)
-    max_caps_line_ratio: float = bounded(0.20, ge=0, le=1)
+    # line rules
+    # A line made mostly of runs of one character (not a digit) this long is a rule or noise: `--------`.
+    # A run inside prose ("Mr. ------ said", 1000000) leaves its line alone.
+    max_char_repeat: int = bounded(6, ge=1)
+    max_char_repeat_line_ratio: float = bounded(0.5, ge=0, le=1)  # of the line's non-space characters
     boilerplate: list[str] = field(
         default_factory=lambda: [
-            "lorem ipsum",
             "javascript is disabled",
+            "javascript is required",
             "enable javascript",
             "enable cookies",
+            "accept cookies",
             "this website uses cookies",
+            "this site uses cookies",
             "we use cookies",
+            "use of cookies",
             "cookie policy",
             "privacy policy",
+            "terms of use",
             "terms of service",
             "all rights reserved",
             "sign up for our newsletter",
+            "subscribe to our newsletter",
             "page not found",
         ]
     )
+    # document rules
+    max_boilerplate_line_ratio: float = bounded(0.30, ge=0, le=1)  # of lines; fewer are just dropped
+    placeholder: list[str] = field(default_factory=lambda: ["lorem ipsum"])  # any of these rejects (C4)
+    max_code_line_ratio: float = bounded(0.10, ge=0, le=1)  # lines with a curly bracket (C4 drops a page for one)
+    max_weird_ratio: float = bounded(0.01, ge=0, le=1)  # symbols, controls, private use, U+FFFD (by Unicode category)
+    max_dup_line_ratio: float = bounded(0.30, ge=0, le=1)  # lines that repeat an earlier line
+    max_dup_line_char_ratio: float = bounded(0.20, ge=0, le=1)  # their characters
+    max_dup_paragraph_ratio: float = bounded(0.30, ge=0, le=1)
+    max_dup_paragraph_char_ratio: float = bounded(0.20, ge=0, le=1)
+    max_top_ngram_ratio: list[float] = field(default_factory=lambda: [0.20, 0.18, 0.16])  # word 2-, 3-, 4-grams
+    max_dup_ngram_ratio: list[float] = field(
+        default_factory=lambda: [0.15, 0.14, 0.13, 0.12, 0.11, 0.10]  # word 5- to 10-grams
+    )
+    min_alpha_ratio: float = bounded(0.65, ge=0, le=1)  # letters / non-space characters
+    max_symbol_word_ratio: float = bounded(0.10, ge=0, le=1)  # "#" and "..." per word
+    min_mean_word_chars: float = bounded(3.0, ge=0)
+    max_mean_word_chars: float = bounded(10.0, ge=0)
+    stop_words: list[str] = field(default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"])
+    min_stop_word_ratio: float = bounded(0.06, ge=0, le=1)  # of words: English prose has about 0.2, other languages and word lists ~0
+    short_line_chars: int = bounded(20, ge=0)
+    max_short_line_ratio: float = bounded(0.30, ge=0, le=1)
+    max_caps_line_ratio: float = bounded(0.20, ge=0, le=1)
 
 
 @dataclass
 class C4FilterConfig:
+    """Web text: C4's own line rules, and the seed's stricter ratios for web pages."""
+
+    min_line_words: int = bounded(5, ge=1)  # C4 keeps lines of at least this many words that end in terminal punctuation
+    max_nav_line_ratio: float = bounded(0.30, ge=0, le=1)  # navigation lines are dropped; a page with more than this is a menu
     min_alpha_ratio: float = bounded(0.70, ge=0, le=1)
     max_punct_ratio: float = bounded(0.20, ge=0, le=1)
-    punct_run_chars: str = "/|="  # four or more of one of these in a row rejects
     junk_keywords: list[str] = field(
         default_factory=lambda: [
             "click here",
@@ -95,20 +131,18 @@ class C4FilterConfig:
             "add to cart",
             "free shipping",
             "shopping cart",
-            "subscribe",
-            "log in",
-            "login",
-            "sign up",
+            "order now",
+            "discount code",
+            "coupon",
             "casino",
             "viagra",
             "payday loan",
             "limited time offer",
+            "free spins",
         ]
     )
-    max_junk_keywords: int = bounded(1, ge=0)  # more distinct matches than this rejects
-    max_nav_lines: int = bounded(0, ge=0)  # more navigation-looking lines than this rejects (C4 is already one paragraph a line)
-    min_paragraphs: int = bounded(2, ge=0)
-    min_mean_paragraph_chars: int = bounded(200, ge=0)
+    max_junk_keyword_ratio: float = bounded(0.02, ge=0, le=1)  # matches per word
+    min_sentences: int = bounded(3, ge=0)  # C4 drops pages with fewer
     min_entropy: float = bounded(3.5, ge=0)  # bits per character
     max_entropy: float = bounded(5.6, ge=0)
 

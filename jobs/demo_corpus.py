@@ -148,6 +148,7 @@ def stdlib_docstrings(max_chars: int) -> dict[str, list[tuple[str, list[str]]]]:
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = ("test", "site-packages", "pydoc_data")  # read with ast, never imported: any module is safe
     found: dict[str, list[tuple[str, list[str]]]] = {}
+    seen: set[str] = set()  # an overriding method often repeats its parent's docstring: each paragraph once
     total = 0
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root)
@@ -163,7 +164,8 @@ def stdlib_docstrings(max_chars: int) -> dict[str, list[tuple[str, list[str]]]]:
         ]
         for node in nodes:
             doc = ast.get_docstring(node)
-            paras = _paragraphs(doc) if doc else []
+            paras = [p for p in (_paragraphs(doc) if doc else []) if p not in seen]
+            seen.update(paras)
             if paras:
                 found.setdefault(module, []).append((getattr(node, "name", module), paras))
                 total += sum(map(len, paras))

@@ -17,11 +17,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import sentencepiece as spm
-from tqdm import tqdm
 
 from jobs.config import JobConfig
-from jobs.prepare.filters import chunk, clean, rejected_by
-from jobs.prepare.sources import documents
+from jobs.prepare.filters import chunk, clean, judge
+from jobs.prepare.sources import check_sources, documents
+from jobs.progress import progress
 from trainer.errors import UserError
 from trainer.fileio import atomic_write_json, read_json
 
@@ -77,14 +77,15 @@ def sample_sentences(cfg: JobConfig, stats: dict) -> Iterator[str]:
     tcfg, pcfg = cfg.tokenizer, cfg.prepare
     kinds = {s.name: s.kind for s in pcfg.sources}
     max_chars = tcfg.max_sentence_length // 4  # UTF-8 is at most 4 bytes a character
-    with tqdm(total=tcfg.sample_chars, unit="char", unit_scale=True, desc="tokenizer sample") as bar:
+    with progress(total=tcfg.sample_chars, unit="char", unit_scale=True, desc="tokenizer sample") as bar:
         for source, raw in documents(pcfg):
             text = clean(raw, kinds[source], pcfg.filters)
             for piece in chunk(text, pcfg.filters.common.max_chars):
-                if rejected_by(piece, kinds[source], pcfg.filters) is not None:
+                kept = judge(piece, kinds[source], pcfg.filters).text
+                if not kept:
                     continue
                 stats["documents"] += 1
-                for sentence in chunk(piece, max_chars):
+                for sentence in chunk(kept, max_chars):
                     stats["chars"] += len(sentence)
                     bar.update(len(sentence))
                     yield sentence
@@ -126,6 +127,7 @@ def train_tokenizer(cfg: JobConfig) -> Path:
     """Train spm.model / spm.vocab / tokenizer_meta.json into cfg.data.tokenizer's folder; returns the model path."""
     tcfg = cfg.tokenizer
     model, vocab, meta_path = tokenizer_paths(cfg)
+    check_sources(cfg.prepare)  # before anything is written
     model.parent.mkdir(parents=True, exist_ok=True)
     tmp = model.parent / f".spm-tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -5,6 +5,7 @@ Speed itself is never asserted here (see the README); only that the numbers are 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -34,11 +35,19 @@ def test_bench_model_prints_the_ratio_and_its_ceiling():
     assert ceiling > 1.0  # some of transformers' step is outside the shared GEMM and attention kernels
 
 
-def test_bench_prepare_prints_each_stage():
-    out = bench("bench_prepare.py", "--docs", "20")
-    assert re.search(r"^filters\s+[\d,]+ docs/s", out, re.M)
-    assert re.search(r"^minhash\s+[\d,]+ sigs/s batched\s+[\d,.]+ sigs/s update loop\s+ratio\s+[\d.]+x", out, re.M)
-    assert re.search(r"^tokenize\s+[\d,]+ tok/s one core", out, re.M)
+def test_bench_prepare_prints_prepare_on_one_and_all_cores_and_minhash_against_datasketch():
+    out = bench("bench_prepare.py", "--docs", "20", "--passes", "1")
+    rows = re.findall(r"^prepare\s+([\d.]+) MB/s\s+([\d,]+) docs/s\s+(\d+) process", out, re.M)
+    assert [r[2] for r in rows] == ["1", str(os.cpu_count() or 1)]
+    (mb1, docs1, _), (mbn, docsn, _) = rows
+    ratio = number(re.search(r"^prepare\s+ratio ([\d.]+)x", out, re.M)[1])
+    assert number(mb1) > 0 and number(docs1) > 0
+    assert abs(ratio - number(mbn) / number(mb1)) <= 0.02 + 0.05 * ratio  # one pair of times, rounded
+    m = re.search(r"^minhash\s+([\d,]+) sigs/s ours\s+([\d,]+) sigs/s datasketch bulk\s+ratio\s+([\d.]+)x", out, re.M)
+    ours, theirs, r = (number(v) for v in m.groups())
+    assert abs(r - ours / theirs) <= 0.1 + 0.05 * r
+    err = re.search(r"^minhash\s+Jaccard error .*: ours ([\d.]+)\s+datasketch ([\d.]+)", out, re.M)
+    assert 0 <= number(err[1]) < 0.1 and 0 <= number(err[2]) < 0.1  # both estimate the known similarities
 
 
 def test_bench_cli_prints_the_launcher_start_beside_python_and_torch():

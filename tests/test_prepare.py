@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -69,15 +70,35 @@ def test_bins_match_meta_exactly(prepared):
     assert not list(Path(cfg.data.dir).glob("*.tmp")) and not (Path(cfg.data.dir) / ".prepare").exists()
 
 
-def test_stats_count_filters_and_duplicates(prepared):
+def test_stats_add_up_per_source_and_split(prepared):
     _, corpus, meta = prepared
     stats = meta["stats"]
-    rejected = {name for split in stats.values() for s in split.values() for name in s.get("rejected", {})}
-    assert {"c4_junk_keywords", "c4_navigation", "wiki_list_heavy"} <= rejected
-    assert meta["dedup"]["near"] >= len(corpus["planted"]["near"]) and meta["dedup"]["exact"] >= 1
+    assert set(stats) == {"train", "val"}
+    for by_source in stats.values():
+        for s in by_source.values():
+            count = s["count"]
+            # documents read = kept + duplicates + rejected, each document counted once
+            assert count["documents"] == count.get("kept", 0) + sum(s["duplicates"].values()) + sum(
+                s["rejected"].values()
+            )
+            assert sum(s["pieces_rejected"].values()) <= count["pieces"]
     seen = sum(s["count"]["documents"] for split in stats.values() for s in split.values())
     assert seen == meta["source_documents_read"] == corpus["documents"]
+    # the long list page is one document, rejected in several pieces
+    wiki = [s for split in stats.values() for name, s in split.items() if name == "wikipedia"]
+    assert sum(s["rejected"].get("wiki_list_heavy", 0) for s in wiki) == 1
+    assert sum(s["pieces_rejected"].get("wiki_list_heavy", 0) for s in wiki) >= 2
+    rejected = {name for split in stats.values() for s in split.values() for name in s["rejected"]}
+    assert "c4_junk_keywords" in rejected
+    # a menu line is dropped as a line; its page is kept
+    assert sum(s["lines_dropped"].get("c4_navigation", 0) for split in stats.values() for s in split.values()) >= 1
+    assert meta["dedup"]["near"] >= len(corpus["planted"]["near"]) and meta["dedup"]["exact"] >= 1
     assert set(meta["mix"]) == {"c4", "wikipedia", "gutenberg"} and meta["filters"]["common"]["max_chars"] == 20_000
+    retention = meta["retention"]
+    for source, r in retention.items():
+        kept = sum(s["count"].get("kept", 0) for split in stats.values() for name, s in split.items() if name == source)
+        assert r["kept_pct"] == round(100 * kept / r["documents"], 2)
+        assert abs(r["kept_pct"] + r["duplicates_pct"] + sum(r["rejected_pct"].values()) - 100) < 0.1
 
 
 def test_no_duplicates_left_and_no_val_document_or_near_copy_in_train(prepared):
@@ -257,3 +278,129 @@ def test_local_text_files_are_one_document_each_and_a_big_vocab_is_uint32(tmp_pa
     )
     assert sorted(t for _, t in documents(cfg)) == texts
     assert token_dtype(65_535) == np.uint16 and token_dtype(65_536) == np.uint32
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Processes still in a process group (field 5 of /proc/PID/stat)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                pids.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while we looked
+    return pids
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_any_moment_never_hangs_and_the_job_ends_stopped(prepared, tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) at random moments, 30 times."""
+    cfg0, _, _ = prepared
+    corpus = tmp_path / "raw"
+    build_corpus(corpus, seed=4, c4_docs=1200, near_pairs=20)
+    cfg = _prepare_cfg(tmp_path, corpus, cfg0.data.tokenizer, num_workers=2, batch_docs=4, checkpoint_docs=40)
+    run = tmp_path / "runs" / cfg.train.run_name
+    scratch = Path(cfg.data.dir) / ".prepare"
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    rng = np.random.default_rng(0)
+    outcomes, deadline = [], time.time() + 420
+    for attempt in range(30):
+        assert time.time() < deadline, f"only {attempt} tries in the time allowed"
+        (run / "job.json").unlink(missing_ok=True)
+        shutil.rmtree(cfg.data.dir, ignore_errors=True)  # each try starts afresh, so its folders mark its progress
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jobs.runner", "prepare", "--config", str(tmp_path / "config.yaml")],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )
+        try:
+            # the job has started (odd tries), or its worker pool is at work (even tries); then a random moment
+            mark = run / "job.json" if attempt % 2 else scratch
+            t0 = time.time()
+            while not mark.exists() and proc.poll() is None and time.time() - t0 < 60:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 3.0 if attempt % 2 else 1.5))
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                _, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"try {attempt}: prepare hung after Ctrl-C")
+            t0 = time.time()
+            while _group_members(proc.pid) and time.time() - t0 < 10:
+                time.sleep(0.05)
+            assert not _group_members(proc.pid), f"try {attempt}: worker processes outlived prepare"
+        finally:
+            if _group_members(proc.pid):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        job = json.loads((run / "job.json").read_text()) if (run / "job.json").exists() else None
+        state = job["state"] if job else "not started"
+        assert state in ("stopped", "succeeded", "not started"), f"try {attempt}: {state}, {err.decode()[-2000:]}"
+        if state == "stopped":
+            assert job["exit_code"] == 130
+            assert proc.returncode in (130, -signal.SIGINT), err.decode()[-3000:]
+            assert "Traceback" not in err.decode()
+        outcomes.append(state)
+    assert outcomes.count("stopped") >= 20, outcomes
+
+
+def _jobs(tmp: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "jobs.runner", *args], cwd=tmp, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+BAD_SOURCES = [
+    ("empty.jsonl", b"", "bad/empty.jsonl is empty"),
+    ("latin1.jsonl", '{"text": "Caf\u00e9 au lait, a long enough text."}\n'.encode("latin-1"),
+     "cannot read bad/latin1.jsonl: not UTF-8 text (byte 0xe9"),
+    ("latin1.txt", "Caf\u00e9 au lait.\n".encode("latin-1"), "cannot read bad/latin1.txt: not UTF-8 text (byte 0xe9"),
+    ("no-records.jsonl", b"\n\n", "no records in"),
+    ("garbage.parquet", b"PAR1 this is no parquet file", "cannot read bad/garbage.parquet"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", BAD_SOURCES, ids=[b[0] for b in BAD_SOURCES])
+def test_a_bad_source_is_one_line_naming_the_file_and_nothing_changes(prepared, tmp_path, name, content, message):
+    """Over a finished prepare and an interrupted one's checkpoint: refused before anything is touched."""
+    from badinput import assert_refused, snapshot
+
+    cfg0, _, _ = prepared
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / name).write_bytes(content)
+    source = [{"name": "mine", "type": "local", "data_files": [f"bad/{name}"]}]
+    cfg = _prepare_cfg(tmp_path, tmp_path / "raw", cfg0.data.tokenizer, sources=source)
+    data = Path(cfg.data.dir)
+    shutil.copytree(Path(cfg0.data.dir), data)
+    (data / ".prepare").mkdir()
+    (data / ".prepare" / "checkpoint.json").write_text('{"fingerprint": "an earlier run"}')
+    (data / "train.bin.tmp").write_bytes(b"\x01\x00" * 10)
+    for args in (["prepare"], ["prepare", "--resume"], ["tokenizer"]):
+        roots = (data, tmp_path / "tokenizer", tmp_path / "bad")
+        before = snapshot(*roots)
+        if args == ["prepare", "--resume"]:
+            # a checkpoint of this very config, so that --resume gets as far as the sources
+            (data / ".prepare" / "checkpoint.json").write_text(json.dumps({"fingerprint": _fingerprint_of(cfg)}))
+            before = snapshot(*roots)
+        out = _jobs(tmp_path, *args, "--config", "config.yaml")
+        assert_refused(out.returncode, out.stderr, before, snapshot(*roots), match=message)
+        assert "--resume" not in out.stderr, "resuming cannot mend a bad file"
+
+
+def _fingerprint_of(cfg) -> str:
+    from jobs.prepare.pipeline import _fingerprint
+
+    return _fingerprint(cfg, sha256_file(cfg.data.tokenizer))
+
+
+def test_without_a_terminal_progress_is_whole_lines(prepared, tmp_path):
+    cfg0, _, _ = prepared
+    corpus = tmp_path / "raw"
+    build_corpus(corpus, seed=6, c4_docs=600, near_pairs=4)
+    _prepare_cfg(tmp_path, corpus, cfg0.data.tokenizer, batch_docs=4)
+    for job in ("tokenizer", "prepare"):
+        out = _jobs(tmp_path, job, "--config", "config.yaml", env={"TQDM_MININTERVAL": "0.2"})
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "\r" not in out.stderr, "no redraws in a log"
+        lines = [line for line in out.stderr.splitlines() if line.startswith(("tokenizer sample:", "prepare:"))]
+        assert len(lines) >= 3, out.stderr  # the first, at least one on the way, the last
+        assert len(lines) == len(set(lines)), "each line says something new"

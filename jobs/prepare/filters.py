@@ -1,25 +1,31 @@
-"""Cleaning and quality filters: each filter is a small named function.
+"""Cleaning and quality filters, each rule a small named function at its own level.
 
-A filter takes the text and its parameters and returns True to keep. `clean`
-runs a source kind's cleaner; `rejected_by` runs the common filters, then the
-kind's own, and names the first that rejects, so data_meta.json can count them.
+A document is first cleaned for its source kind (Wikipedia's tables and
+reference sections, Project Gutenberg's licence and hard wraps). Then:
+
+- line rules drop single lines (a `--------` rule, a cookie notice, a menu
+  entry) and leave the rest of the document alone;
+- document rules judge what is left by ratios (the Gopher repetition and
+  quality rules, C4's rules as ratios of lines, the seed project's families),
+  and name the first rule that rejects it.
+
+`judge` returns the kept text, the rejecting rule and the lines each line rule
+dropped, so data_meta.json can count documents by rule and lines by rule.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from jobs.config import (
-    C4FilterConfig,
-    CommonFilterConfig,
-    FiltersConfig,
-    GutenbergFilterConfig,
-    WikipediaFilterConfig,
-)
+import numpy as np
+
+from jobs.config import FiltersConfig, GutenbergFilterConfig, WikipediaFilterConfig
 
 # --- measures ---------------------------------------------------------------------
 
@@ -31,6 +37,9 @@ _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _LETTER = re.compile(r"[^\W\d_]")
 _NON_SPACE = re.compile(r"\S")
 _PUNCT = re.compile(r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]")
+_WORD = re.compile(r"\w+")
+_SENTENCE_END = re.compile(r"[.!?]+[\"')\]\u201d\u2019]*(?=\s|$)|[\"\u201d]$", re.MULTILINE)
+_TERMINAL = (".", "!", "?", '"', "'", "\u201d", "\u2019", ")")
 
 
 def _non_space(text: str) -> int:
@@ -52,53 +61,102 @@ def char_entropy(text: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in Counter(text).values()) if n else 0.0
 
 
-def _lines(text: str) -> list[str]:
-    return [line.strip() for line in text.split("\n") if line.strip()]
+_MIX = np.uint64(0x100000001B3)
 
 
-# --- common filters ------------------------------------------------------------------
+def _ngram_ids(word_ids: np.ndarray, n: int) -> np.ndarray:
+    """One 64-bit id per word n-gram (all positions at once)."""
+    m = len(word_ids) - n + 1
+    acc = np.zeros(m, dtype=np.uint64)
+    for k in range(n):
+        acc = acc * _MIX + word_ids[k : k + m]  # wraps modulo 2**64, as intended
+    return acc
 
 
-def min_length(text: str, p: CommonFilterConfig) -> bool:
-    return len(text) >= p.min_chars
+# The repetition ratios count the repeats of an n-gram, not its first occurrence, so one phrase said twice
+# in a short page is not mistaken for a page made of repeats.
 
 
-def min_alpha(text: str, p: CommonFilterConfig) -> bool:
-    return alpha_ratio(text) >= p.min_alpha_ratio
+def top_ngram_ratio(word_ids: np.ndarray, word_chars: np.ndarray, n: int) -> float:
+    """The largest share of the words' characters taken by the repeats of one word n-gram (after Gopher)."""
+    if len(word_ids) < n:
+        return 0.0
+    _, first, counts = np.unique(_ngram_ids(word_ids, n), return_index=True, return_counts=True)
+    gram_chars = np.convolve(word_chars, np.ones(n, dtype=np.int64), mode="valid")  # each n-gram's characters
+    return float(((counts - 1) * gram_chars[first]).max() / word_chars.sum())
 
 
-def no_char_repeat(text: str, p: CommonFilterConfig) -> bool:
-    return re.search(r"(\S)\1{%d,}" % (p.max_char_repeat - 1), text) is None
+def dup_ngram_ratio(word_ids: np.ndarray, word_chars: np.ndarray, n: int) -> float:
+    """The share of the words' characters inside repeats of an earlier word n-gram (after Gopher)."""
+    if len(word_ids) < n:
+        return 0.0
+    _, first, inverse = np.unique(_ngram_ids(word_ids, n), return_index=True, return_inverse=True)
+    starts = np.flatnonzero(first[inverse] != np.arange(len(inverse)))
+    if not len(starts):
+        return 0.0
+    cover = np.zeros(len(word_ids) + 1, dtype=np.int64)
+    np.add.at(cover, starts, 1)
+    np.add.at(cover, starts + n, -1)
+    return word_chars[np.cumsum(cover[:-1]) > 0].sum() / word_chars.sum()
 
 
-def max_weird(text: str, p: CommonFilterConfig) -> bool:
-    return weird_ratio(text) <= p.max_weird_ratio
+@dataclass
+class Doc:
+    """A document after the line rules, with what the document rules measure."""
+
+    text: str
+    lines: int  # non-blank lines before the line rules
+    dropped: Counter = field(default_factory=Counter)  # line rule -> lines it dropped
+    code_lines: int = 0  # lines with a curly bracket, before the line rules
+
+    @functools.cached_property
+    def kept_lines(self) -> list[str]:
+        return [line.strip() for line in self.text.split("\n") if line.strip()]
+
+    @functools.cached_property
+    def words(self) -> list[str]:
+        return _WORD.findall(self.text.lower())
+
+    @functools.cached_property
+    def word_ids(self) -> np.ndarray:
+        # Python's own string hash: it differs between processes, but ids are only compared within a document
+        return np.array([hash(w) for w in self.words], dtype=np.int64).view(np.uint64)
+
+    @functools.cached_property
+    def word_chars(self) -> np.ndarray:
+        return np.fromiter(map(len, self.words), dtype=np.int64, count=len(self.words))
 
 
-def line_structure(text: str, p: CommonFilterConfig) -> bool:
-    lines = _lines(text)
-    if len(lines) < 3:  # too few lines to judge a layout
-        return True
-    short = sum(len(line) < p.short_line_chars for line in lines)
-    caps = sum(line.isupper() and len(_LETTER.findall(line)) >= 2 for line in lines)
-    return short / len(lines) <= p.max_short_line_ratio and caps / len(lines) <= p.max_caps_line_ratio
+def _dup_ratios(items: list[str]) -> tuple[float, float]:
+    """(share of items, share of their characters) that repeat an earlier item."""
+    seen: set[str] = set()
+    dup = dup_chars = 0
+    for item in items:
+        if item in seen:
+            dup += 1
+            dup_chars += len(item)
+        seen.add(item)
+    total_chars = sum(map(len, items)) or 1
+    return dup / max(len(items), 1), dup_chars / total_chars
 
 
-def no_boilerplate(text: str, p: CommonFilterConfig) -> bool:
-    lower = text.lower()
-    return not any(phrase in lower for phrase in p.boilerplate)
+# --- line rules: True keeps the line ------------------------------------------------------
 
 
-COMMON_FILTERS: list[Callable[[str, CommonFilterConfig], bool]] = [
-    min_length,
-    no_char_repeat,
-    max_weird,
-    min_alpha,
-    line_structure,
-    no_boilerplate,
-]
+@functools.lru_cache(maxsize=8)
+def _repeat_re(n: int) -> re.Pattern:
+    return re.compile(r"([^\s\d])\1{%d,}" % (n - 1))  # a number such as 1000000 is not a repeat
 
-# --- C4 filters -----------------------------------------------------------------------
+
+def char_repeat(line: str, cfg: FiltersConfig) -> bool:
+    runs = sum(m.end() - m.start() for m in _repeat_re(cfg.common.max_char_repeat).finditer(line))
+    return runs < cfg.common.max_char_repeat_line_ratio * _non_space(line)
+
+
+def boilerplate(line: str, cfg: FiltersConfig) -> bool:
+    lower = line.lower()
+    return not any(phrase in lower for phrase in cfg.common.boilerplate)
+
 
 _NAV_LINE = re.compile(
     r"^(skip to (main )?content|home\s*[|>»/].*|[«‹]?\s*(previous|next|older|newer)( post| page| article)?\s*[»›]?"
@@ -107,50 +165,168 @@ _NAV_LINE = re.compile(
 )
 
 
-def _is_navigation(line: str) -> bool:
-    return line.count(" | ") >= 3 or _NAV_LINE.match(line) is not None  # "Home | Shop | About | Contact"
+def c4_navigation(line: str, cfg: FiltersConfig) -> bool:
+    return not (line.count(" | ") >= 3 or _NAV_LINE.match(line))  # "Home | Shop | About | Contact"
 
 
-def c4_alpha(text: str, p: C4FilterConfig) -> bool:
-    return alpha_ratio(text) >= p.min_alpha_ratio
+def c4_lines(line: str, cfg: FiltersConfig) -> bool:
+    """C4's own line rules: enough words, and a sentence's end."""
+    return line.endswith(_TERMINAL) and len(line.split()) >= cfg.c4.min_line_words
 
 
-def c4_punctuation(text: str, p: C4FilterConfig) -> bool:
-    if len(_PUNCT.findall(text)) / _non_space(text) > p.max_punct_ratio:
-        return False
-    return not any(c * 4 in text for c in p.punct_run_chars)
+COMMON_LINE_RULES: list[Callable[[str, FiltersConfig], bool]] = [boilerplate, char_repeat]
+LINE_RULES = {"c4": [boilerplate, c4_navigation, char_repeat, c4_lines]}
 
 
-def c4_junk_keywords(text: str, p: C4FilterConfig) -> bool:
-    lower = text.lower()
-    return sum(re.search(r"\b%s\b" % re.escape(k), lower) is not None for k in p.junk_keywords) <= p.max_junk_keywords
+def apply_line_rules(text: str, kind: str, cfg: FiltersConfig) -> Doc:
+    """Drop the lines a rule rejects; blank lines (paragraph breaks) stay, the text's trailing break too."""
+    rules = LINE_RULES.get(kind, COMMON_LINE_RULES)
+    body = text.rstrip()
+    out, dropped, lines, braces = [], Counter(), 0, 0
+    for raw in body.split("\n"):
+        line = raw.strip()
+        if not line:
+            out.append(raw)
+            continue
+        lines += 1
+        braces += "{" in line or "}" in line
+        rule = next((r for r in rules if not r(line, cfg)), None)
+        if rule is None:
+            out.append(raw)
+        else:
+            dropped[rule.__name__] += 1
+    kept = body
+    if dropped:  # close the gaps that the dropped lines left
+        kept = re.sub(r"\n\s*\n(\s*\n)+", "\n\n", "\n".join(out)).strip("\n")
+    return Doc(kept + text[len(body) :] if kept.strip() else "", lines, dropped, braces)
 
 
-def c4_navigation(text: str, p: C4FilterConfig) -> bool:
-    return sum(map(_is_navigation, _lines(text))) <= p.max_nav_lines
+# --- document rules: True keeps the document ---------------------------------------------
 
 
-def c4_paragraphs(text: str, p: C4FilterConfig) -> bool:
-    # C4 keeps one paragraph per line.
-    paragraphs = _lines(text)
-    return (
-        len(paragraphs) >= p.min_paragraphs
-        and sum(map(len, paragraphs)) / len(paragraphs) >= p.min_mean_paragraph_chars
+def min_length(doc: Doc, cfg: FiltersConfig) -> bool:
+    return len(doc.text.strip()) >= cfg.common.min_chars
+
+
+def placeholder(doc: Doc, cfg: FiltersConfig) -> bool:
+    lower = doc.text.lower()
+    return not any(phrase in lower for phrase in cfg.common.placeholder)
+
+
+def code(doc: Doc, cfg: FiltersConfig) -> bool:
+    return doc.code_lines <= cfg.common.max_code_line_ratio * doc.lines
+
+
+def boilerplate_lines(doc: Doc, cfg: FiltersConfig) -> bool:
+    return doc.dropped["boilerplate"] <= cfg.common.max_boilerplate_line_ratio * doc.lines
+
+
+def navigation_lines(doc: Doc, cfg: FiltersConfig) -> bool:
+    return doc.dropped["c4_navigation"] <= cfg.c4.max_nav_line_ratio * doc.lines
+
+
+def max_weird(doc: Doc, cfg: FiltersConfig) -> bool:
+    return weird_ratio(doc.text) <= cfg.common.max_weird_ratio
+
+
+def dup_lines(doc: Doc, cfg: FiltersConfig) -> bool:
+    share, chars = _dup_ratios(doc.kept_lines)
+    return share <= cfg.common.max_dup_line_ratio and chars <= cfg.common.max_dup_line_char_ratio
+
+
+def dup_paragraphs(doc: Doc, cfg: FiltersConfig) -> bool:
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", doc.text) if p.strip()]
+    share, chars = _dup_ratios(paragraphs)
+    return share <= cfg.common.max_dup_paragraph_ratio and chars <= cfg.common.max_dup_paragraph_char_ratio
+
+
+def top_ngram(doc: Doc, cfg: FiltersConfig) -> bool:
+    return all(
+        top_ngram_ratio(doc.word_ids, doc.word_chars, n) <= limit
+        for n, limit in enumerate(cfg.common.max_top_ngram_ratio, start=2)
     )
 
 
-def c4_entropy(text: str, p: C4FilterConfig) -> bool:
-    return p.min_entropy <= char_entropy(text) <= p.max_entropy
+def dup_ngrams(doc: Doc, cfg: FiltersConfig) -> bool:
+    return all(
+        dup_ngram_ratio(doc.word_ids, doc.word_chars, n) <= limit
+        for n, limit in enumerate(cfg.common.max_dup_ngram_ratio, start=5)
+    )
 
 
-C4_FILTERS: list[Callable[[str, C4FilterConfig], bool]] = [
-    c4_alpha,
-    c4_punctuation,
-    c4_junk_keywords,
-    c4_navigation,
-    c4_paragraphs,
-    c4_entropy,
-]
+def min_alpha(doc: Doc, cfg: FiltersConfig) -> bool:
+    return alpha_ratio(doc.text) >= cfg.common.min_alpha_ratio
+
+
+def symbol_ratio(doc: Doc, cfg: FiltersConfig) -> bool:
+    symbols = doc.text.count("#") + doc.text.count("...") + doc.text.count("\u2026")
+    return symbols <= cfg.common.max_symbol_word_ratio * max(len(doc.words), 1)
+
+
+def word_length(doc: Doc, cfg: FiltersConfig) -> bool:
+    mean = doc.word_chars.mean() if len(doc.words) else 0.0
+    return cfg.common.min_mean_word_chars <= mean <= cfg.common.max_mean_word_chars
+
+
+def stop_words(doc: Doc, cfg: FiltersConfig) -> bool:
+    stop = set(cfg.common.stop_words)
+    return sum(w in stop for w in doc.words) >= cfg.common.min_stop_word_ratio * len(doc.words)
+
+
+def line_structure(doc: Doc, cfg: FiltersConfig) -> bool:
+    p = cfg.common
+    lines = doc.kept_lines
+    if len(lines) < 3:  # too few lines to judge a layout
+        return True
+    short = sum(len(line) < p.short_line_chars for line in lines)
+    caps = sum(line.isupper() and len(_LETTER.findall(line)) >= 2 for line in lines)
+    return short <= p.max_short_line_ratio * len(lines) and caps <= p.max_caps_line_ratio * len(lines)
+
+
+def c4_alpha(doc: Doc, cfg: FiltersConfig) -> bool:
+    return alpha_ratio(doc.text) >= cfg.c4.min_alpha_ratio
+
+
+def c4_punctuation(doc: Doc, cfg: FiltersConfig) -> bool:
+    return len(_PUNCT.findall(doc.text)) <= cfg.c4.max_punct_ratio * _non_space(doc.text)
+
+
+def c4_junk_keywords(doc: Doc, cfg: FiltersConfig) -> bool:
+    lower = doc.text.lower()
+    hits = sum(len(re.findall(r"\b%s\b" % re.escape(k), lower)) for k in cfg.c4.junk_keywords)
+    return hits <= cfg.c4.max_junk_keyword_ratio * len(doc.words)
+
+
+def c4_sentences(doc: Doc, cfg: FiltersConfig) -> bool:
+    return len(_SENTENCE_END.findall(doc.text)) >= cfg.c4.min_sentences
+
+
+def c4_entropy(doc: Doc, cfg: FiltersConfig) -> bool:
+    return cfg.c4.min_entropy <= char_entropy(doc.text) <= cfg.c4.max_entropy
+
+
+def wiki_list_heavy(doc: Doc, cfg: FiltersConfig) -> bool:
+    lines = doc.kept_lines
+    return sum(_LIST_LINE.match(line) is not None for line in lines) <= cfg.wikipedia.max_list_line_ratio * len(lines)
+
+
+# In order: what the lines were, how long, how repetitive, what the text is made of. The first to fail names
+# the rejection, so a specific rule comes before a broad ratio that the same junk would also fail.
+_STRUCTURE = [placeholder, code, boilerplate_lines]
+_REPETITION = [dup_paragraphs, dup_lines, top_ngram, dup_ngrams]
+_QUALITY = [symbol_ratio, word_length, stop_words, line_structure]
+_COMMON = [*_STRUCTURE, min_length, max_weird, *_REPETITION, min_alpha, *_QUALITY]
+DOC_RULES: dict[str, list[Callable[[Doc, FiltersConfig], bool]]] = {
+    "generic": _COMMON,
+    "gutenberg": _COMMON,
+    "wikipedia": [*_STRUCTURE, min_length, wiki_list_heavy, max_weird, *_REPETITION, min_alpha, *_QUALITY],
+    # C4's stricter alpha threshold replaces the common one
+    "c4": [
+        *_STRUCTURE, navigation_lines, c4_junk_keywords, min_length, max_weird, *_REPETITION, c4_alpha,
+        c4_punctuation, *_QUALITY, c4_sentences, c4_entropy,
+    ],
+}
+
 
 # --- Wikipedia -------------------------------------------------------------------------
 
@@ -166,7 +342,8 @@ _TRAILING_SECTIONS = {
     "further reading": "strip_see_also",
 }
 _REF_MARK = re.compile(r"\[(\d+|[a-z]|citation needed|note \d+)\]")
-_URL = re.compile(r"https?://\S+")
+# The sentence around a link goes with it: "See https://x for details." would otherwise leave "See  for details."
+_URL_SENTENCE = re.compile(r"[^.!?\n]*(https?://|www\.)\S+[^.!?\n]*[.!?]?[ \t]*")
 _TABLE_LINE = re.compile(r"^\s*(\{\||\|\}|\|-|\||!)|\t.*\t")
 _LIST_LINE = re.compile(r"^\s*([*\-•#]|\d+[.)])\s")
 
@@ -180,17 +357,11 @@ def clean_wikipedia(text: str, p: WikipediaFilterConfig) -> str:
         if p.strip_tables and _TABLE_LINE.search(line):
             continue
         if p.strip_external_links:
-            line = _URL.sub("", line)
+            line = _URL_SENTENCE.sub("", line)
         if p.strip_references:
             line = _REF_MARK.sub("", line)
         out.append(line.rstrip())
-    return "\n".join(out).strip()
-
-
-def wiki_list_heavy(text: str, p: WikipediaFilterConfig) -> bool:
-    lines = _lines(text)
-    return not lines or sum(_LIST_LINE.match(line) is not None for line in lines) / len(lines) <= p.max_list_line_ratio
-
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip()
 
 # --- Gutenberg ---------------------------------------------------------------------------
 
@@ -273,17 +444,20 @@ def clean(text: str, kind: str, cfg: FiltersConfig) -> str:
     return text
 
 
-def rejected_by(text: str, kind: str, cfg: FiltersConfig) -> str | None:
-    """The name of the first filter that rejects the (cleaned) text, or None to keep it."""
-    checks: list[tuple[Callable, object]] = [(f, cfg.common) for f in COMMON_FILTERS]
-    if kind == "c4":  # C4's own, stricter alpha threshold replaces the common one
-        checks = [(f, cfg.common) for f in COMMON_FILTERS if f is not min_alpha] + [(f, cfg.c4) for f in C4_FILTERS]
-    elif kind == "wikipedia":
-        checks.append((wiki_list_heavy, cfg.wikipedia))
-    for check, params in checks:
-        if not check(text, params):
-            return check.__name__
-    return None
+@dataclass
+class Verdict:
+    text: str  # the piece with its dropped lines removed; "" when rejected
+    rejected_by: str | None  # the first document rule that rejected it
+    lines_dropped: Counter  # line rule -> lines
+
+
+def judge(piece: str, kind: str, cfg: FiltersConfig) -> Verdict:
+    """Line rules, then document rules, on one (cleaned) piece."""
+    doc = apply_line_rules(piece, kind, cfg)
+    for rule in DOC_RULES[kind]:
+        if not rule(doc, cfg):
+            return Verdict("", rule.__name__, doc.dropped)
+    return Verdict(doc.text, None, doc.dropped)
 
 
 def chunk(text: str, max_chars: int) -> list[str]:

@@ -1,6 +1,6 @@
 """`jobs prepare`: source mix -> clean and filter -> dedup -> split -> tokenize -> .bin files.
 
-Worker processes clean, filter, sign (MinHash) and tokenize batches of
+Worker processes (work.py) clean, filter, sign (MinHash) and tokenize batches of
 documents; the main process, in stream order, drops duplicates against
 everything kept so far (train and val together) and appends the survivors'
 tokens to their split's file. The split is a hash of the raw text, so it is
@@ -14,79 +14,52 @@ import hashlib
 import itertools
 import json
 import multiprocessing as mp
+import signal
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import sentencepiece as spm
 from rich.console import Console
 from rich.table import Table
-from tqdm import tqdm
 
 from jobs import tokenizer as tok
-from jobs.config import JobConfig, PrepareConfig
-from jobs.prepare.dedup import Deduplicator, exact_key, signatures
-from jobs.prepare.filters import chunk, clean, rejected_by
-from jobs.prepare.sources import documents
+from jobs.config import JobConfig
+from jobs.prepare.dedup import Deduplicator
+from jobs.prepare.sources import check_sources, documents
+from jobs.prepare.work import Judged, init_worker, judge_batch
 from jobs.prepare.write import SPLITS, Checkpoint, TokenWriter, token_dtype
+from jobs.progress import progress
 from trainer.errors import DataError
 from trainer.fileio import atomic_write_json, read_json
 
 META_VERSION = 1
 
 
-@dataclass
-class Judged:
-    source: str
-    split: str
-    rejected: list[str]  # names of the filters that rejected a piece
-    tokens: np.ndarray | None = None  # the kept text's ids and its EOS; None when every piece was rejected
-    key: bytes = b""  # exact-dedup hash
-    sig: np.ndarray | None = None  # MinHash signature
+def _start_pool(workers: int, init_args: tuple):
+    """Worker processes that ignore Ctrl-C from their first instruction (SIG_IGN survives exec).
 
-
-def split_of(text: str, val_fraction: float) -> str:
-    u = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") / 2**64
-    return "val" if u < val_fraction else "train"
-
-
-_CFG: PrepareConfig | None = None  # set in each worker process
-_SP: spm.SentencePieceProcessor | None = None
-
-
-def _init_worker(cfg: PrepareConfig, tokenizer: str) -> None:
-    global _CFG, _SP
-    _CFG, _SP = cfg, spm.SentencePieceProcessor(model_file=tokenizer)
-
-
-def judge_batch(batch: list[tuple[str, str]]) -> list[Judged]:
-    """Clean, filter, sign and tokenize a batch; documents over max_chars are judged piece by piece.
-
-    Tokenizing here, in the workers, is what spreads it over the cores (SentencePiece's own
-    threads barely help: building the Python lists of ids holds the GIL).
+    Ctrl-C reaches the whole process group, and it is the parent's to handle: a worker that died
+    of it halfway through reading a task would leave the pool's queue lock held, and
+    pool.terminate() would wait on that lock forever.
     """
-    cfg = _CFG
-    kinds = {s.name: s.kind for s in cfg.sources}
-    out, texts = [], []
-    for source, raw in batch:
-        kind = kinds[source]
-        kept, rejected = [], []
-        for piece in chunk(clean(raw, kind, cfg.filters), cfg.filters.common.max_chars):
-            reason = rejected_by(piece, kind, cfg.filters)
-            (rejected if reason else kept).append(reason or piece)
-        out.append(Judged(source, split_of(raw, cfg.val_fraction), rejected))
-        texts.append("".join(kept) if kept else None)  # the pieces end at their separators
-    keep = [(j, t) for j, t in zip(out, texts) if t is not None]
-    sigs = signatures([t for _, t in keep], cfg.dedup)
-    ids = _SP.encode([t for _, t in keep], num_threads=1)  # one thread per worker process: no oversubscription
-    dtype = token_dtype(_SP.vocab_size())
-    for (j, text), sig, doc_ids in zip(keep, sigs, ids):
-        j.key, j.sig = exact_key(text), sig
-        j.tokens = np.array(doc_ids + [_SP.eos_id()], dtype=dtype)  # one EOS per document
-    return out
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return mp.get_context("spawn").Pool(workers, init_worker, init_args)
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _stop_pool(pool) -> None:
+    """Terminate the workers, with a second Ctrl-C held off until they are gone."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        pool.terminate()
+        pool.join()
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _batches(it: Iterator, n: int) -> Iterator[list]:
@@ -106,17 +79,33 @@ def _ordered_map(pool, fn, items: Iterator, ahead: int) -> Iterator:
 
 
 class Stats:
-    """Per split and source: documents, kept, tokens, rejections by filter, duplicates."""
+    """Per split and source: documents read = kept + duplicates + rejected (each document counted once).
+
+    A rejected document is counted under the rule that rejected its first piece; pieces (of documents
+    over max_chars) and the lines that line rules dropped are counted in fields of their own.
+    """
+
+    GROUPS = ("count", "duplicates", "rejected", "pieces_rejected", "lines_dropped")
 
     def __init__(self, state: dict | None = None):
-        self.data: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(Counter)))
+        self.data: dict = defaultdict(lambda: defaultdict(lambda: {g: Counter() for g in self.GROUPS}))
         for split, by_source in (state or {}).items():
             for source, groups in by_source.items():
                 for group, counts in groups.items():
                     self.data[split][source][group] = Counter(counts)
 
-    def add(self, split: str, source: str, group: str, name: str, n: int = 1) -> None:
-        self.data[split][source][group][name] += n
+    def add(self, j: Judged, outcome: str, tokens: int = 0) -> None:
+        """outcome: "kept", "exact" / "near" (a duplicate), or "rejected"."""
+        s = self.data[j.split][j.source]
+        s["count"].update(documents=1, pieces=j.pieces)
+        s["pieces_rejected"].update(j.rejected)
+        s["lines_dropped"].update(j.lines_dropped)
+        if outcome == "kept":
+            s["count"].update(kept=1, tokens=tokens)
+        elif outcome == "rejected":
+            s["rejected"][j.rejected[0]] += 1
+        else:
+            s["duplicates"][outcome] += 1
 
     def total(self, group: str, name: str, split: str | None = None) -> int:
         splits = [split] if split else list(self.data)
@@ -124,9 +113,31 @@ class Stats:
 
     def to_dict(self) -> dict:
         return {
-            sp: {src: {g: dict(c) for g, c in v.items()} for src, v in by_src.items()}
-            for sp, by_src in self.data.items()
+            sp: {src: {g: dict(c) for g, c in v.items()} for src, v in sorted(by_src.items())}
+            for sp, by_src in sorted(self.data.items())
         }
+
+    def retention(self) -> dict:
+        """Per source, both splits together: documents read, the % kept, and the % each rule rejected."""
+        out = {}
+        for source in sorted({src for by_src in self.data.values() for src in by_src}):
+            total = {g: Counter() for g in self.GROUPS}
+            for by_src in self.data.values():
+                for g, c in by_src.get(source, {}).items():
+                    total[g] += c
+            n = total["count"]["documents"]
+
+            def pct(k: int) -> float:
+                return round(100 * k / max(n, 1), 2)
+
+            out[source] = {
+                "documents": n,
+                "kept_pct": pct(total["count"]["kept"]),
+                "duplicates_pct": pct(sum(total["duplicates"].values())),
+                "rejected_pct": {rule: pct(k) for rule, k in total["rejected"].most_common()},
+                "lines_dropped": dict(total["lines_dropped"].most_common()),
+            }
+        return out
 
 
 def _fingerprint(cfg: JobConfig, tokenizer_sha: str) -> str:
@@ -142,12 +153,13 @@ def run_prepare(cfg: JobConfig, resume: bool = False) -> dict:
     sp = tok.load_tokenizer(cfg)
     tokenizer_sha = tok.sha256_file(cfg.data.tokenizer)
     data_dir = Path(cfg.data.dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpoint(data_dir)
     fingerprint = _fingerprint(cfg, tokenizer_sha)
     state = ckpt.load(fingerprint) if resume else None
+    check_sources(pcfg)  # every input is checked before anything on disk changes
     if resume and state is None:
         print("prepare: no checkpoint to resume from; starting from the beginning")
+    data_dir.mkdir(parents=True, exist_ok=True)
     if state is None:
         ckpt.clear()
         ckpt.dir.mkdir(parents=True, exist_ok=True)
@@ -176,28 +188,27 @@ def run_prepare(cfg: JobConfig, resume: bool = False) -> dict:
 
     stream = itertools.islice(documents(pcfg), consumed, None)  # the mix is deterministic: skip what is done
     init_args = (pcfg, str(cfg.data.tokenizer))
-    pool = mp.get_context("spawn").Pool(workers, _init_worker, init_args) if workers > 1 else None
-    if pool is None:
-        _init_worker(*init_args)
-    batches = _batches(stream, pcfg.batch_docs)
-    judged = _ordered_map(pool, judge_batch, batches, 2 * workers) if pool else map(judge_batch, batches)
-    bar = tqdm(initial=consumed, unit="doc", desc="prepare", dynamic_ncols=True)
+    pool = None
+    bar = progress(initial=consumed, unit="doc", desc="prepare", dynamic_ncols=True)
     last_ckpt, tokens0 = consumed, sum(writer.tokens.values())
     try:
+        if workers > 1:
+            pool = _start_pool(workers, init_args)
+        else:
+            init_worker(*init_args)
+        batches = _batches(stream, pcfg.batch_docs)
+        judged = _ordered_map(pool, judge_batch, batches, 2 * workers) if pool else map(judge_batch, batches)
         for batch in judged:
             pending: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
             for j in batch:
-                stats.add(j.split, j.source, "count", "documents")
-                for reason in j.rejected:
-                    stats.add(j.split, j.source, "rejected", reason)
                 if j.tokens is None:
+                    stats.add(j, "rejected")
                     continue
                 dup = dedup.check(j.key, j.sig)
                 if dup:
-                    stats.add(j.split, j.source, "duplicates", dup)
+                    stats.add(j, dup)
                     continue
-                stats.add(j.split, j.source, "count", "kept")
-                stats.add(j.split, j.source, "count", "tokens", len(j.tokens))
+                stats.add(j, "kept", len(j.tokens))
                 pending[j.split].append(j.tokens)
             for split, arrays in pending.items():
                 if arrays:
@@ -206,7 +217,7 @@ def run_prepare(cfg: JobConfig, resume: bool = False) -> dict:
             bar.update(len(batch))
             rate = (sum(writer.tokens.values()) - tokens0) / max(time.time() - start, 1e-9)
             kept = 100 * stats.total("count", "kept") / max(stats.total("count", "documents"), 1)
-            bar.set_postfix_str(f"{rate:,.0f} tok/s, kept {kept:.1f}%")
+            bar.set_postfix_str(f"{rate:,.0f} tok/s, kept {kept:.1f}%", refresh=False)
             if consumed - last_ckpt >= pcfg.checkpoint_docs:
                 save_checkpoint()
                 last_ckpt = consumed
@@ -217,8 +228,7 @@ def run_prepare(cfg: JobConfig, resume: bool = False) -> dict:
         raise
     finally:
         if pool:
-            pool.terminate()  # all results are in, or no longer wanted
-            pool.join()
+            _stop_pool(pool)  # all results are in, or no longer wanted
         bar.close()
         dedup.close()
     if writer.tokens["train"] == 0 or (pcfg.val_fraction > 0 and writer.tokens["val"] == 0):
@@ -255,6 +265,7 @@ def _finish(cfg, writer: TokenWriter, stats: Stats, tokenizer_sha: str, consumed
         "filters": asdict(pcfg.filters),
         "dedup_config": asdict(pcfg.dedup),
         "dedup": {"exact": stats.total("duplicates", "exact"), "near": stats.total("duplicates", "near")},
+        "retention": stats.retention(),
         "stats": stats.to_dict(),
         "val_fraction": pcfg.val_fraction,
         "seed": pcfg.seed,
@@ -269,11 +280,11 @@ def _print_summary(meta: dict) -> None:
     table = Table(
         title=f"prepare: {meta['files']['train']['tokens']:,} train + {meta['files']['val']['tokens']:,} val tokens"
     )
-    for col in ("split", "source", "docs", "kept", "kept%", "tokens", "dups", "rejected by (top 2)"):
+    for col in ("split", "source", "docs", "kept", "dups", "rejected", "kept%", "tokens", "rejected by (top 2)"):
         table.add_column(col, justify="left" if col in ("split", "source", "rejected by (top 2)") else "right")
     for split, by_source in sorted(meta["stats"].items(), key=lambda kv: SPLITS.index(kv[0])):
         for source, s in sorted(by_source.items()):
-            count, rej, dup = s.get("count", {}), s.get("rejected", {}), s.get("duplicates", {})
+            count, rej, dup = s["count"], s["rejected"], s["duplicates"]
             top = ", ".join(f"{k} {v}" for k, v in sorted(rej.items(), key=lambda kv: -kv[1])[:2])
             n = count.get("documents", 0)
             table.add_row(
@@ -281,9 +292,10 @@ def _print_summary(meta: dict) -> None:
                 source,
                 f"{n:,}",
                 f"{count.get('kept', 0):,}",
+                f"{sum(dup.values()):,}",
+                f"{sum(rej.values()):,}",
                 f"{100 * count.get('kept', 0) / max(n, 1):.1f}",
                 f"{count.get('tokens', 0):,}",
-                f"{sum(dup.values()):,}",
                 top,
             )
     Console().print(table)

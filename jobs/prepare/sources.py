@@ -3,6 +3,8 @@
 Every source becomes a stream of {"text", "source"} records, so sources with
 different schemas (C4, Wikipedia, PG-19, a user's files) mix. The mix is
 deterministic for a given seed, which is what lets `--resume` skip ahead.
+`check_sources` opens each source and reads its first record before a job
+touches the disk, so an empty or unreadable source is refused up front.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from trainer.errors import UserError
 
 # A local file is not a download: do not ping the Hub's download counter for the "json" builder.
 datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
+# A file it cannot read, datasets also logs on its own; we say it once, in one line that names the file.
+datasets.logging.set_verbosity(datasets.logging.CRITICAL)
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
 
@@ -34,17 +38,51 @@ def _builder(files: list[str]) -> str:
     return builders.pop()
 
 
+def local_files(src: SourceConfig) -> list[str]:
+    files = sorted(f for pattern in src.data_files for f in glob.glob(pattern, recursive=True))
+    if not files:
+        raise UserError(f"source '{src.name}': no files match {src.data_files}")
+    empty = [f for f in files if Path(f).is_file() and Path(f).stat().st_size == 0]
+    if empty:
+        raise UserError(f"source '{src.name}': {empty[0]} is empty")
+    return files
+
+
+def _load_local(src: SourceConfig, files: list[str]) -> IterableDataset:
+    builder = src.path or _builder(files)
+    # A .txt file is one document, not one per line.
+    extra = {"sample_by": "document"} if builder == "text" else {}
+    return load_dataset(builder, data_files=files, split="train", streaming=True, **extra)
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, UnicodeDecodeError):
+        return f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def read_error(src: SourceConfig, e: Exception) -> UserError:
+    """One line naming the file that cannot be read; a remote source may just have dropped the connection."""
+    if src.type != "local":
+        return UserError(
+            f"source '{src.name}': reading '{src.path}' failed ({_reason(e)}); "
+            "`jobs prepare --resume` continues from the last checkpoint"
+        )
+    # The stream does not say which of its files failed: read them one at a time until one does.
+    for f in local_files(src):
+        try:
+            for _ in _load_local(src, [f]):
+                pass
+        except Exception as err:  # any failure to read is what we are looking for
+            return UserError(f"source '{src.name}': cannot read {f}: {_reason(err)}")
+    return UserError(f"source '{src.name}': cannot read {src.data_files}: {_reason(e)}")
+
+
 def load_source(src: SourceConfig) -> IterableDataset:
     """One source as a stream of {"text": str, "source": name}."""
     try:
         if src.type == "local":
-            files = sorted(f for pattern in src.data_files for f in glob.glob(pattern, recursive=True))
-            if not files:
-                raise UserError(f"source '{src.name}': no files match {src.data_files}")
-            builder = src.path or _builder(files)
-            # A .txt file is one document, not one per line.
-            extra = {"sample_by": "document"} if builder == "text" else {}
-            ds = load_dataset(builder, data_files=files, split="train", streaming=True, **extra)
+            ds = _load_local(src, local_files(src))
         else:
             ds = load_dataset(
                 src.path,
@@ -56,9 +94,10 @@ def load_source(src: SourceConfig) -> IterableDataset:
             )
     except UserError:
         raise
-    except Exception as e:  # the datasets library's many ways to say "not found"
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"source '{src.name}': cannot load '{src.path or src.data_files}': {reason}") from None
+    except Exception as e:  # the datasets library's many ways to say "not found" (or a local file it cannot parse)
+        if src.type == "local":
+            raise read_error(src, e) from None
+        raise UserError(f"source '{src.name}': cannot load '{src.path}': {_reason(e)}") from None
 
     def to_record(example: dict) -> dict:
         text = example.get(src.text_field)
@@ -71,6 +110,20 @@ def load_source(src: SourceConfig) -> IterableDataset:
     return ds.map(to_record, remove_columns=list(ds.features) if ds.features else None).select_columns(
         ["text", "source"]
     )
+
+
+def check_sources(cfg: PrepareConfig) -> None:
+    """Open every source and read its first record: a one-line UserError for one that is empty or unreadable."""
+    for src in cfg.sources:
+        try:
+            first = next(iter(load_source(src)), None)
+        except UserError:
+            raise
+        except Exception as e:  # a file that is not what its name says
+            raise read_error(src, e) from None
+        if first is None:
+            where = src.data_files if src.type == "local" else f"'{src.path}'"
+            raise UserError(f"source '{src.name}': no records in {where}")
 
 
 def documents(cfg: PrepareConfig) -> Iterator[tuple[str, str]]:
@@ -98,10 +151,8 @@ def documents(cfg: PrepareConfig) -> Iterator[tuple[str, str]]:
             rec = next(iters[i], None)
         except UserError:
             raise
-        except Exception as e:  # a corrupt file, a dropped connection: one line, and --resume picks up
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            name = cfg.sources[i].name
-            raise UserError(f"source '{name}': reading failed ({reason}); `jobs prepare --resume` continues") from None
+        except Exception as e:  # a corrupt file, a dropped connection: one line that names it
+            raise read_error(cfg.sources[i], e) from None
         if rec is None:
             live.remove(i)
             continue
