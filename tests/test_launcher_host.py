@@ -108,7 +108,7 @@ class World:
 
     count = 0
 
-    def __init__(self, tmp: Path, monkeypatch):
+    def __init__(self, tmp: Path, monkeypatch, sshd_log_level: str = "ERROR"):
         World.count += 1
         self.tmp, self.mp = tmp, monkeypatch
         self.home = tmp / "home"
@@ -117,7 +117,7 @@ class World:
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp / "cache"))
         monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
         # Vast gives each container a key of its own, good for that instance only.
-        self.sshd = Sshd(tmp / "sshd", set_env={"CONTAINER_API_KEY": CONTAINER_KEY}).start()
+        self.sshd = Sshd(tmp / "sshd", set_env={"CONTAINER_API_KEY": CONTAINER_KEY}, log_level=sshd_log_level).start()
         self.relay = TcpRelay(self.sshd.port)
         self.vast = VastStandIn(self.sshd.authorized_keys, self.relay.port)
         self.vast.api_key, self.vast.container_key = VAST_KEY, CONTAINER_KEY
