@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_model.py
 	$(PY) benchmarks/bench_prepare.py
 	$(PY) benchmarks/bench_cli.py
+	$(PY) benchmarks/bench_start.py
 
 clean-demo:
 	rm -rf data tokenizer runs

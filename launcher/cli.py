@@ -476,16 +476,13 @@ def deploy(ctx: Ctx, job: str, resume: bool = False) -> Record:
         if prov.rents:
             since = rec.created_at - (spent_before / rec.price_per_hour * 3600 if rec.price_per_hour else 0.0)
         plan = plan_job(cfg, job, hourly_rate=rec.price_per_hour if prov.rents else None, since=since, resume=resume)
-        for path, data in plan.uploads.items():
-            remote.write_file(path, data)
         if checkpoint_dir is not None:
             upload_run(remote, plan.run, checkpoint_dir)
-        remote.start_job(plan.job, plan.steps)
-        if plan.guard_steps:
-            remote.start_job(GUARD_SESSION, plan.guard_steps)
+        sessions = {plan.job: plan.steps, GUARD_SESSION: plan.guard_steps}
         if (flags := prov.self_stop_flags()) and cfg.remote.idle_stop_after_s > 0:
-            remote.start_job(IDLE_SESSION, [f"{cfg.remote.jobs_command} idle-stop --exit-file {shlex.quote(remote.exit_path(plan.job))} "
-                                            f"--after {cfg.remote.idle_stop_after_s:g} {flags}"])
+            sessions[IDLE_SESSION] = [f"{cfg.remote.jobs_command} idle-stop --exit-file {shlex.quote(remote.exit_path(plan.job))} "
+                                      f"--after {cfg.remote.idle_stop_after_s:g} {flags}"]
+        remote.start_jobs({s: steps for s, steps in sessions.items() if steps}, files=plan.uploads)  # one round trip
         rec.job = JobInfo(job=plan.job, run=plan.run, session=plan.job, config=cfg.job.config, sets=list(cfg.job.set),
                           smoke=cfg.job.smoke, guard_session=GUARD_SESSION if plan.guard_steps else None,
                           model_params=plan.train_cfg.model.param_count())
@@ -796,9 +793,7 @@ def exec_(
         command = f"{rec.jobs_command} {job.value} {flag}"
     remote = connect(ctx, rec)
     try:
-        for path, data in uploads.items():
-            remote.write_file(path, data)
-        remote.start_job(job.value, [command])
+        remote.start_jobs({job.value: [command]}, files=uploads)
     finally:
         remote.close()
     name_flag = "" if ctx.name == ctx.cfg.name else f" -n {ctx.name}"

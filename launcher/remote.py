@@ -1,12 +1,17 @@
-"""Everything the launcher does on the host, over SSH (paramiko), tmux and rsync.
+"""Everything the launcher does on the host, over SSH (fabric), tmux and rsync.
 
-- `connect` waits for SSH with bounded retries and pins the host key on first
-  contact; a changed key afterwards is refused with a clear error.
+- `connect` opens a fabric `Connection` (ProxyCommand and ProxyJump hops as its
+  gateway) with bounded retries, and pins the host key on first contact; a
+  changed key afterwards is refused with a clear error.
 - Jobs run in a detached tmux session on a private socket (`tmux -L`). The
   session runs a small script that sources a 0600 env file (secrets never go
   in argv or tmux command lines), appends the job's output to a log file and
   writes the exit code to a file. `logs -f` reads that log over SFTP from a
   byte offset, so a dropped connection resumes where it stopped.
+- Every host round trip costs a network latency on a rented host, so they are
+  counted (`round_trips`: exec channels and SFTP requests): the env file, the
+  job, the budget guard and the idle-stop start in one exec each way
+  (`prepare`, `start_jobs`), their files carried on the exec's stdin.
 - `pull` uses rsync over the same SSH options (proxy included), with
   `--partial --append-verify` for append-only files, and falls back to SFTP
   where rsync is missing. The host is not trusted: either way only regular
@@ -35,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import paramiko
+from fabric import Config, Connection
+from invoke.exceptions import CommandTimedOut, ThreadException
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
@@ -69,14 +76,75 @@ class Metrics:
 
 
 def expand_proxy(command: str, t: SSHTarget) -> str:
+    # Expanded here: fabric reads a ProxyCommand's %p from a config of its own that has no Port (always 22).
     return command.replace("%h", t.host).replace("%p", str(t.port)).replace("%r", t.user).replace("%%", "%")
+
+
+def user_ssh_config() -> Config:
+    """fabric's view of the user's ssh_config (/etc/ssh/ssh_config, ~/.ssh/config), nothing else of fabric's files."""
+    config = Config(lazy=True, overrides={"timeouts": {"connect": 10}})
+    config.load_ssh_config()
+    return config
+
+
+def jump_gateway(proxy_jump: str) -> Connection:
+    """ProxyJump `a,b`: a is reached as ssh_config says (its own gateway included), b through a, the target through b.
+    Each hop is a Host alias or `[user@]host[:port]`, resolved through the user's ssh_config as OpenSSH does."""
+    gateway = None
+    for hop in proxy_jump.split(","):
+        gateway = Connection(hop, config=user_ssh_config(), gateway=gateway)
+    assert gateway is not None
+    return gateway
+
+
+class CountingSFTP(paramiko.SFTPClient):
+    """An SFTP client that counts its requests: each one waits for the host's answer (none are pipelined here)."""
+
+    requests = 0
+
+    def _async_request(self, *args, **kwargs):
+        self.requests += 1
+        return super()._async_request(*args, **kwargs)
+
+
+class Link(Connection):
+    """A fabric Connection that counts round trips: exec channels it opens, and SFTP requests."""
+
+    sessions = 0  # class attributes: fabric's Connection keeps unknown attributes in its config otherwise
+
+    def create_session(self):
+        self.sessions += 1
+        return super().create_session()
+
+    def sftp(self) -> CountingSFTP:
+        if self._sftp is None:
+            self._sftp = CountingSFTP.from_transport(self.transport)
+            self._sftp.get_channel().settimeout(30)
+        return self._sftp
+
+    @property
+    def round_trips(self) -> int:
+        return self.sessions + (self._sftp.requests if self._sftp is not None else 0)
+
+
+def close_all(conn: Connection) -> None:
+    """The connection and each ProxyJump hop behind it (fabric's close leaves a gateway open)."""
+    while isinstance(conn, Connection):
+        conn.close()
+        conn.client.close()  # also one that never finished connecting: its ProxyCommand process ends with it
+        conn = conn.gateway
 
 
 class Remote:
     def __init__(self, target: SSHTarget, workdir: str, tmux_socket: str):
         self.target, self.workdir, self.tmux_socket = target, workdir, tmux_socket
-        self.client: paramiko.SSHClient | None = None
-        self._sftp: paramiko.SFTPClient | None = None
+        self.conn: Link | None = None
+        self.past_round_trips = 0  # those of earlier connections (a reconnect)
+
+    @property
+    def round_trips(self) -> int:
+        """Exec channels and SFTP requests so far, over every connection this Remote made."""
+        return self.past_round_trips + (self.conn.round_trips if self.conn is not None else 0)
 
     # --- connection -----------------------------------------------------------------
 
@@ -108,73 +176,86 @@ class Remote:
     def _connect_once(self) -> None:
         self.close()
         t = self.target
-        client = paramiko.SSHClient()
+        key_file = str(Path(t.key_file).expanduser()) if t.key_file else None
+        gateway: Connection | str | bool = False
+        if t.proxy_jump:
+            gateway = jump_gateway(t.proxy_jump)
+        elif t.proxy_command:
+            gateway = expand_proxy(t.proxy_command, t)
+        # The target is what the record says (resolved from ssh_config once, by the provider): no ssh_config here.
+        conn = Link(t.host, user=t.user, port=t.port, config=Config(lazy=True), gateway=gateway, connect_timeout=10,
+                    connect_kwargs={"key_filename": key_file, "look_for_keys": key_file is None,
+                                    "allow_agent": key_file is None, "banner_timeout": 15, "auth_timeout": 15})
         lookup = t.host if t.port == 22 else f"[{t.host}]:{t.port}"  # how paramiko files a host key
         if t.host_key:
             kind, b64 = t.host_key.split()[:2]
-            client.get_host_keys().add(lookup, kind, paramiko.PKey.from_type_string(kind, base64.b64decode(b64)))
+            conn.client.get_host_keys().add(lookup, kind, paramiko.PKey.from_type_string(kind, base64.b64decode(b64)))
 
         class PinOnFirstContact(paramiko.MissingHostKeyPolicy):
             def missing_host_key(self, client, hostname, key):
                 t.host_key = f"{key.get_name()} {key.get_base64()}"
 
-        client.set_missing_host_key_policy(PinOnFirstContact())
-        sock = paramiko.ProxyCommand(expand_proxy(t.proxy_command, t)) if t.proxy_command else None
-        key_file = str(Path(t.key_file).expanduser()) if t.key_file else None
+        # Only the target's key is pinned: a jump host relays bytes it cannot read, the target's key proves the end.
+        conn.client.set_missing_host_key_policy(PinOnFirstContact())
         try:
-            client.connect(
-                t.host,
-                port=t.port,
-                username=t.user,
-                key_filename=key_file,
-                look_for_keys=key_file is None,
-                allow_agent=key_file is None,
-                sock=sock,
-                timeout=10,
-                banner_timeout=15,
-                auth_timeout=15,
-            )
+            conn.open()
         except paramiko.BadHostKeyException as e:
-            client.close()
+            conn.close()
             raise HostKeyChanged(
                 f"the host key of {t.host}:{t.port} changed since it was pinned "
                 f"(now {e.key.get_name()} {e.key.get_fingerprint().hex()}): refusing to connect. "
                 "If the instance was replaced, `launcher down` and `up` again."
             ) from None
         except BaseException:
-            client.close()
-            if sock is not None:
-                sock.close()
+            close_all(conn)
             raise
-        transport = client.get_transport()
-        assert transport is not None
-        transport.set_keepalive(10)
-        self.client = client
+        conn.transport.set_keepalive(10)
+        self.conn = conn
 
     def close(self) -> None:
-        if self._sftp is not None:
-            self._sftp.close()
-            self._sftp = None
-        if self.client is not None:
-            self.client.close()
-            self.client = None
+        if self.conn is not None:
+            self.past_round_trips += self.conn.round_trips
+            close_all(self.conn)
+            self.conn = None
 
     @property
     def sftp(self) -> paramiko.SFTPClient:
-        if self._sftp is None:
-            assert self.client is not None, "connect first"
-            self._sftp = self.client.open_sftp()
-            self._sftp.get_channel().settimeout(30)
-        return self._sftp
+        assert self.conn is not None, "connect first"
+        return self.conn.sftp()
 
     # --- commands and files ------------------------------------------------------------
 
     def run(self, command: str, check: bool = True, timeout_s: float | None = 120.0) -> Result:
-        assert self.client is not None, "connect first"
-        _, stdout, stderr = self.client.exec_command(command, timeout=timeout_s)
-        out = stdout.read().decode(errors="replace")
-        err = stderr.read().decode(errors="replace")
-        rc = stdout.channel.recv_exit_status()
+        assert self.conn is not None, "connect first"
+        try:
+            got = self.conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout_s)
+        except CommandTimedOut:
+            raise TimeoutError(f"`{command.split()[0]}` on the host took over {timeout_s:g} s") from None
+        except ThreadException as e:  # the connection broke while the output was read
+            raise ConnectionResetError(f"the connection dropped during `{command.split()[0]}`: {e.exceptions[0].value}") from None
+        return self._result(command, got.exited, got.stdout, got.stderr, check)
+
+    def run_with_input(self, command: str, data: bytes, check: bool = True, timeout_s: float = 120.0) -> Result:
+        """`command` with `data` on its stdin: files travel with the command that uses them, in one round trip.
+        (fabric's `run` forwards a stream a byte at a time, fine for a terminal, slow for a file.)"""
+        assert self.conn is not None, "connect first"
+        channel = self.conn.create_session()
+        try:
+            channel.settimeout(timeout_s)
+            channel.exec_command(command)
+            channel.sendall(data)
+            channel.shutdown_write()
+            out = channel.makefile("rb").read().decode(errors="replace")
+            err = channel.makefile_stderr("rb").read().decode(errors="replace")
+            rc = channel.recv_exit_status()
+        finally:
+            channel.close()
+        return self._result(command, rc, out, err, check)
+
+    @staticmethod
+    def _result(command: str, rc: int, out: str, err: str, check: bool) -> Result:
+        if rc == -1:  # paramiko's word for a channel that closed without an exit status
+            raise ConnectionResetError(f"the connection dropped during `{command.split()[0]}`")
         if check and rc != 0:
             detail = (err.strip() or out.strip()).splitlines()[-1:] or [""]
             raise UserError(f"on the host, `{command.split()[0]}` failed with exit code {rc}: {detail[0]}")
@@ -195,6 +276,13 @@ class Remote:
                 return f.read()
         except FileNotFoundError:
             return None
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.sftp.stat(path)
+            return True
+        except FileNotFoundError:
+            return False
 
     def read_json(self, path: str) -> dict | None:
         raw = self.read_file(path)
@@ -226,10 +314,23 @@ class Remote:
         return f"{self.control_dir}/env"
 
     def prepare(self, env: dict[str, str]) -> None:
-        """Working dir, control dir (0700) and the env file (0600) the job sources."""
-        self.run(f"mkdir -p {q(self.workdir)} && mkdir -p -m 700 {q(self.control_dir)} && chmod 700 {q(self.control_dir)}")
+        """Working dir, control dir (0700) and the env file (0600) the job sources: one round trip."""
         lines = [f"{k}={q(v)}" for k, v in sorted(env.items())]
-        self.write_file(self.env_file, ("\n".join(lines) + "\n").encode(), mode=0o600)
+        self.run_with_input("sh -s", self._setup_script({self.env_file: (("\n".join(lines) + "\n").encode(), 0o600)}))
+
+    def _setup_script(self, files: dict[str, tuple[bytes, int]], then: str = "") -> bytes:
+        """A shell script (for `sh -s`) that makes the working and control dirs and writes `files` ({path: (data,
+        mode)}), each created under umask 077 and renamed into place; then runs `then`. Secrets in the files travel
+        on stdin, never in a command line."""
+        parts = ["set -e", "umask 077", f"mkdir -p {q(self.workdir)}",
+                 f"mkdir -p -m 700 {q(self.control_dir)}", f"chmod 700 {q(self.control_dir)}"]
+        for path, (data, mode) in files.items():
+            # base64 lines are a multiple of 4 characters long: none is the 3-letter end marker.
+            encoded = base64.encodebytes(data).decode()
+            parts.append(f"mkdir -p {q(str(PurePosixPath(path).parent))}")
+            parts.append(f"base64 -d > {q(path + '.tmp')} <<'EOF'\n{encoded}EOF")
+            parts.append(f"chmod {mode:o} {q(path + '.tmp')} && mv -f {q(path + '.tmp')} {q(path)}")
+        return ("\n".join(parts) + "\n" + then).encode()
 
     def remove_env(self) -> None:
         """The env file holds secrets (HF_TOKEN): a host we do not destroy keeps none once we leave."""
@@ -244,7 +345,7 @@ class Remote:
             console.print(f"{wheel.name} already installed on the host")
             return False
         with console.status(f"uploading {wheel.name}"):
-            self.sftp.put(str(wheel), remote)
+            self.conn.put(str(wheel), remote)
         with console.status(f"installing {wheel.name} on the host"):
             self.run(install_command.format(wheel=q(remote)), timeout_s=1800)
         self.write_file(marker, digest.encode())
@@ -268,11 +369,31 @@ class Remote:
 
     def start_job(self, session: str, steps: list[str]) -> None:
         """Run `steps` (shell commands, in order, stopping at the first failure) in tmux."""
-        if self.job_alive(session):
-            raise UserError(f"a job is already running on the host in tmux session {session!r}: `launcher down` stops it")
+        self.start_jobs({session: steps})
+
+    def start_jobs(self, sessions: dict[str, list[str]], files: dict[str, bytes] | None = None) -> None:
+        """Write `files` ({host path: content}) and start each session's steps in tmux, in one round trip.
+        Nothing is written or started when any of the sessions is already running."""
+        scripts = {f"{self.control_dir}/{s}.sh": (self._job_script(s, steps).encode(), 0o700) for s, steps in sessions.items()}
+        busy = "".join(f"{self.tmux(f'has-session -t ={q(s)}')} 2>/dev/null && {{ echo {q(s)} >&2; exit 3; }}\n"
+                       for s in sessions)
+        # Exit files go before any session starts, not just when its script runs: a session started right after
+        # (the budget guard) must not take a previous job's exit file for this one's.
+        start = "".join(f"rm -f {q(self.exit_path(s))}\n" for s in sessions)
+        # One tmux client starts them all (`;` separates tmux commands): one server, however quickly a job ends.
+        start += self.tmux(" ';' ".join(f"new-session -d -s {q(s)} {q('sh ' + q(path))}" for s, path in zip(sessions, scripts)))
+        start += " </dev/null\n"
+        script = busy.encode() + self._setup_script({**{p: (d, 0o644) for p, d in (files or {}).items()}, **scripts}, start)
+        got = self.run_with_input("sh -s", script, check=False)
+        if got.rc == 3:
+            raise UserError(f"a job is already running on the host in tmux session {got.err.strip().splitlines()[-1]!r}: "
+                            "`launcher down` stops it")
+        self._result("sh", got.rc, got.out, got.err, check=True)
+
+    def _job_script(self, session: str, steps: list[str]) -> str:
         log, exit_file, env = self.log_path(session), self.exit_path(session), self.env_file
         body = "\n".join(f"    {s}" for s in steps)
-        script = f"""#!/bin/sh
+        return f"""#!/bin/sh
 # Written by `launcher up`. Runs the job; its output goes to the log, its exit code to the .exit file.
 cd {q(self.workdir)} || exit 1
 set -a
@@ -294,12 +415,6 @@ sleep 0.2
 kill "$viewer" 2>/dev/null
 exit "$code"
 """
-        path = f"{self.control_dir}/{session}.sh"
-        self.write_file(path, script.encode(), mode=0o700)
-        # Gone before the session starts, not just when its script runs: a session started right after
-        # (the budget guard) must not take a previous job's exit file for this one's.
-        self.run(f"rm -f {q(exit_file)}")
-        self.run(self.tmux(f"new-session -d -s {q(session)} {q('sh ' + q(path))}"))
 
     def stop_job(self, session: str, run: str | None, grace_s: float = 60.0) -> None:
         """Ctrl-C the job (it records `stopped` and may write a last checkpoint), then make sure it is gone."""

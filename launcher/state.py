@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import re
+import shlex
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,9 @@ from trainer.fileio import atomic_write_json, atomic_write_text
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+")  # a DNS name, IPv4 or IPv6
 USER = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,31}")
+# A ProxyJump value: hops `[user@]host[:port]` (a host may be an ssh_config alias), comma separated.
+_HOP = r"(?:[A-Za-z_][A-Za-z0-9._-]{0,31}@)?[A-Za-z0-9][A-Za-z0-9.-]{0,252}(?::[0-9]{1,5})?"
+PROXY_JUMP = re.compile(rf"{_HOP}(?:,{_HOP})*")
 HOST_KEY = re.compile(r"[a-z0-9@.-]+ [A-Za-z0-9+/]+={0,2}")
 
 
@@ -49,6 +53,7 @@ class SSHTarget:
     user: str = "root"
     key_file: str | None = None
     proxy_command: str | None = None  # with %h %p %r as in ssh_config
+    proxy_jump: str | None = None  # ssh_config's ProxyJump: hops reached first, each resolved through ~/.ssh/config
     host_key: str | None = None  # "<type> <base64>", pinned on first contact
 
     def __post_init__(self) -> None:
@@ -63,6 +68,8 @@ class SSHTarget:
             raise UserError(f"SSH key path {self.key_file!r} holds a quote or a line break")
         if self.proxy_command is not None and any(c in self.proxy_command for c in "\n\r\0"):
             raise UserError("the SSH proxy command holds a line break")
+        if self.proxy_jump is not None and not PROXY_JUMP.fullmatch(self.proxy_jump):
+            raise UserError(f"SSH ProxyJump {self.proxy_jump!r} is not a list of [user@]host[:port] hops")
         if self.host_key is not None and not HOST_KEY.fullmatch(self.host_key):
             raise UserError(f"pinned host key {self.host_key[:40]!r} is not '<type> <base64>'")
 
@@ -200,7 +207,15 @@ class State:
         ]
         if t.key_file:
             lines += [f'  IdentityFile "{Path(t.key_file).expanduser()}"', "  IdentitiesOnly yes"]
-        if t.proxy_command:
+        if t.proxy_jump:
+            # Not `ProxyJump`: OpenSSH would look the jump hosts up in this file (-F), where the user's aliases are
+            # not. The inner ssh reads the user's own config, the one the launcher's SSH layer read them from.
+            *first, last = t.proxy_jump.split(",")
+            user_config = Path("~/.ssh/config").expanduser()
+            argv = ["ssh", *(["-F", shlex.quote(str(user_config))] if user_config.is_file() else []),
+                    *(["-J", ",".join(first)] if first else []), "-W", "[%h]:%p", last]
+            lines.append(f"  ProxyCommand {' '.join(argv)}")
+        elif t.proxy_command:
             lines.append(f"  ProxyCommand {t.proxy_command}")
         path = self.ssh_config_path(record.name)
         atomic_write_text(path, "\n".join(lines) + "\n", mode=0o600)

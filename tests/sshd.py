@@ -10,6 +10,7 @@ stands in for `cloudflared access ssh`.
 from __future__ import annotations
 
 import os
+import re
 import select
 import shutil
 import signal
@@ -47,9 +48,11 @@ def keygen(path: Path, comment: str = "test") -> str:
 
 
 class Sshd:
-    def __init__(self, root: Path, set_env: dict[str, str] | None = None):
+    def __init__(self, root: Path, set_env: dict[str, str] | None = None, log_level: str = "ERROR"):
         self.root = root
         self.set_env = set_env or {}  # what every session's environment gets (as a container's would)
+        # DEBUG3 logs each exec, port forward and SFTP request: what `requests()` counts.
+        self.log_level = log_level
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.host_key = root / "ssh_host_ed25519_key"
@@ -75,9 +78,9 @@ class Sshd:
                     "PermitRootLogin prohibit-password",
                     "StrictModes no",  # the temp dir's owner and modes are not a real home's
                     "UsePAM no",
-                    "Subsystem sftp internal-sftp",
+                    f"Subsystem sftp internal-sftp -l {self.log_level}",
                     "MaxStartups 100",
-                    "LogLevel ERROR",
+                    f"LogLevel {self.log_level}",
                     *(f"SetEnv {k}={v}" for k, v in self.set_env.items()),
                 ]
             )
@@ -95,6 +98,15 @@ class Sshd:
     def authorize(self, public_key: str) -> None:
         with open(self.authorized_keys, "a") as f:
             f.write(public_key.strip() + "\n")
+
+    def requests(self, kind: str) -> int:
+        """How many `exec` or `subsystem` (SFTP) channel requests, or `direct-tcpip` forwards (a ProxyJump hop),
+        this sshd has served: counted by the server itself, from its log at DEBUG3."""
+        assert self.log_level == "DEBUG3", "start this sshd with log_level='DEBUG3'"
+        log = (self.root / "sshd.log").read_text(errors="replace")
+        if kind == "direct-tcpip":
+            return log.count("server_request_direct_tcpip: originator")
+        return len(re.findall(rf"server_input_channel_req: channel \d+ request {kind} ", log))
 
     def session_pids(self) -> list[int]:
         """The per-connection sshd processes (children of the listener)."""

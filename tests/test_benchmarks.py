@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from conftest import REPO
+from sshd import SSHD
 
 
 def bench(script: str, *args: str) -> str:
@@ -57,3 +62,14 @@ def test_bench_cli_prints_the_launcher_start_beside_python_and_torch():
     assert set(rows) == {"python -c pass (reference)", "python -c 'import torch' (reference)", "launcher --help",
                          "launcher offers", "launcher status", "launcher ls"}
     assert all(best > 0 and cpu > 0 for best, _, cpu in rows.values())
+
+
+@pytest.mark.skipif(not Path(SSHD).exists() or not shutil.which("tmux"), reason="needs openssh-server and tmux")
+def test_bench_start_prints_round_trips_and_seconds_beside_a_bare_exec():
+    out = bench("bench_start.py", "--runs", "1")
+    rows = {m.group(1): (int(m.group(2)), float(m.group(3)), float(m.group(4)))
+            for m in re.finditer(r"^(.+?)\s{2,}(\d+)\s+([\d.]+)\s+([\d.]+)(?:\s+(?:ok|SLOW))?$", out, re.M)}
+    assert set(rows) == {"exec `true` (reference)", "start job + budget guard + idle-stop"}
+    assert rows["exec `true` (reference)"][0] == 1
+    assert rows["start job + budget guard + idle-stop"][0] == 2  # `prepare`, then one exec starts all three
+    assert all(best > 0 for _, best, _ in rows.values())

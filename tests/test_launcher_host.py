@@ -108,7 +108,7 @@ class World:
 
     count = 0
 
-    def __init__(self, tmp: Path, monkeypatch):
+    def __init__(self, tmp: Path, monkeypatch, sshd_log_level: str = "ERROR"):
         World.count += 1
         self.tmp, self.mp = tmp, monkeypatch
         self.home = tmp / "home"
@@ -117,7 +117,7 @@ class World:
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp / "cache"))
         monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
         # Vast gives each container a key of its own, good for that instance only.
-        self.sshd = Sshd(tmp / "sshd", set_env={"CONTAINER_API_KEY": CONTAINER_KEY}).start()
+        self.sshd = Sshd(tmp / "sshd", set_env={"CONTAINER_API_KEY": CONTAINER_KEY}, log_level=sshd_log_level).start()
         self.relay = TcpRelay(self.sshd.port)
         self.vast = VastStandIn(self.sshd.authorized_keys, self.relay.port)
         self.vast.api_key, self.vast.container_key = VAST_KEY, CONTAINER_KEY
@@ -290,12 +290,15 @@ def test_an_instance_left_alone_after_its_job_stops_itself_and_keeps_its_disk(wo
     world.write_config(remote={"idle_stop_after_s": 1})
     world.cli(capfd, "up")  # and no watcher: the laptop was closed
     iid = int(world.state.get("default").instance_id)
+    log_file = world.workdir / ".launcher" / "idle-stop.log"
     deadline = time.monotonic() + 30
-    while iid not in world.vast.stopped and time.monotonic() < deadline:
+    # The stand-in records the stop before it answers; the host logs it once the answer came.
+    while (iid not in world.vast.stopped or not log_file.exists() or "stopped instance" not in log_file.read_text()) \
+            and time.monotonic() < deadline:
         time.sleep(0.1)
     # It stopped itself after the job ended, with its own key: the only calls that key made.
     assert world.vast.container_requests == [("PUT", f"/api/v0/instances/{iid}/", {"state": "stopped"})]
-    log = (world.workdir / ".launcher" / "idle-stop.log").read_text()
+    log = log_file.read_text()
     assert "the job ended (exit code 0)" in log and f"stopped instance {iid}" in log
     assert json.loads((world.workdir / "runs" / "smoke" / "job.json").read_text())["state"] == "succeeded"
 

@@ -1,15 +1,14 @@
 """A host the user already has: named on the command line or in ~/.ssh/config.
 
-HostName, User, Port, IdentityFile and ProxyCommand from ~/.ssh/config are
-honoured (through paramiko's parser); values in launcher.yaml or flags win.
+HostName, User, Port, IdentityFile, ProxyCommand and ProxyJump from
+/etc/ssh/ssh_config and ~/.ssh/config are honoured (read by fabric, as its
+Connection reads them); values in launcher.yaml or flags win.
 Nothing is rented, so nothing is destroyed: `down` only stops the job.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import paramiko
 
 from launcher.config import SshHostConfig
 from launcher.providers.base import ExistingHost, Instance, Ledger, Offer
@@ -18,10 +17,9 @@ from trainer.errors import UserError
 
 
 def ssh_config_lookup(host: str) -> dict:
-    path = Path.home() / ".ssh" / "config"
-    if not path.is_file():
-        return {"hostname": host}
-    return paramiko.SSHConfig.from_path(str(path)).lookup(host)
+    from launcher.remote import user_ssh_config  # fabric is imported only once a host is reached
+
+    return user_ssh_config().base_ssh_config.lookup(host)
 
 
 class SshProvider(ExistingHost):
@@ -43,6 +41,7 @@ class SshProvider(ExistingHost):
             user=c.user or found.get("user", "root"),
             key_file=str(Path(identity).expanduser()) if identity else None,
             proxy_command=c.proxy_command or found.get("proxycommand"),
+            proxy_jump=None if c.proxy_command or found.get("proxyjump") == "none" else found.get("proxyjump"),
         )
 
     def provision(self, label: str, ledger: Ledger, offers: list[Offer] | None = None) -> tuple[Instance, SSHTarget]:
