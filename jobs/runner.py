@@ -338,7 +338,7 @@ def check_train_inputs(cfg: JobConfig, start: str | None) -> None:
     from trainer.data import TokenData
 
     data = TokenData(cfg.data.dir, cfg.model.vocab_size, cfg.model.seq_len)
-    load_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size, data.meta)
+    load_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size, data.meta, cfg.data.allow_unknown_tokenizer)
     ckpts = run_dir(cfg) / "checkpoints"
     if start == "latest":
         if checkpoint.latest(ckpts) is None and not cfg.hub.checkpoint_repo:

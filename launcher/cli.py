@@ -448,17 +448,19 @@ def deploy(ctx: Ctx, job: str, resume: bool = False) -> Record:
     prov = get_provider(cfg)  # vast: no API key stops here, before an SSH key is made
     if prov.name == "vast":
         prov.public_key = ensure_ssh_key(Path(cfg.ssh_key).expanduser())
-    install = host_install(cfg, prov.name)  # the wheel is built before anything is rented
     label = f"{cfg.vast.label_prefix}-{ctx.name}-{int(time.time())}"
     rec = Record(name=ctx.name, provider=prov.name, label=label, workdir=cfg.remote.workdir,
                  jobs_command=cfg.remote.jobs_command, tmux_socket=cfg.remote.tmux_socket, spent_before=spent_before)
+    # A host of the user's own is only an address: checked here, before the wheel is built.
+    reached = None if prov.rents else prov.provision(label, StateLedger(ctx.state, rec))
+    install = host_install(cfg, prov.name)  # the wheel is built before anything is rented
     ranked: list[RankedOffer] = []
     if prov.rents:
         tokens_done = read_checkpoint_state(checkpoint_dir)["tokens"] if checkpoint_dir else 0
         ranked = choose_offers(ctx, plan, prov.find(), tokens_done, spent_before)
         ctx.state.put(rec)  # the label is on record before the purchase, so even an ambiguous create is found
     try:
-        instance, target = prov.provision(label, StateLedger(ctx.state, rec), [r.offer for r in ranked] if prov.rents else None)
+        instance, target = reached or prov.provision(label, StateLedger(ctx.state, rec), [r.offer for r in ranked])
         estimate = next((estimate_of(r) for r in ranked if r.offer.id == instance.offer_id), None)
         # A run that costs less than a cent (the smoke run: "41,717,233 tokens/s ... $0.00") projects nothing.
         rec.estimate = estimate if estimate and (estimate.total or 0) >= 0.01 else None

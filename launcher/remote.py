@@ -468,22 +468,25 @@ exit "$code"
     def has_rsync(self) -> bool:
         return self.run("command -v rsync >/dev/null", check=False).rc == 0
 
-    def is_regular(self, path: str) -> bool:
-        """A regular file on the host, not a link to one (what a pull brings)."""
+    def file_kind(self, path: str) -> str | None:
+        """"file" or "folder" for a regular file or a real folder on the host (what a pull brings), else None:
+        a link to either, anything else, or nothing there."""
         try:
-            return stat.S_ISREG(self.sftp.lstat(path).st_mode or 0)
+            mode = self.sftp.lstat(path).st_mode or 0
         except FileNotFoundError:
-            return False
+            return None
+        return "file" if stat.S_ISREG(mode) else "folder" if stat.S_ISDIR(mode) else None
 
     def pull_plan(self, run: str, checkpoints: list[str], files: list[str]) -> tuple[list[str], list[str]]:
         """Paths relative to runs/<run>: (append-only ones, rewritten ones). Only regular files and folders there."""
         base = self.run_dir(run)
         for f in files:
             plain_relative(f)
-        append_only: list[str] = []
-        rewritten = [f for f in files if f != "metrics.jsonl" and self.is_regular(f"{base}/{f}")]
-        if "metrics.jsonl" in files and self.is_regular(f"{base}/metrics.jsonl"):
-            append_only.append("metrics.jsonl")
+        kinds = {f: self.file_kind(f"{base}/{f}") for f in files}
+        # metrics.jsonl and a folder of logs (tensorboard/: event files only ever grow) are appended to;
+        # the rest (job.json, eval.json, ...) are rewritten whole.
+        append_only = [f for f in files if kinds[f] == "folder" or (f == "metrics.jsonl" and kinds[f] == "file")]
+        rewritten = [f for f in files if kinds[f] == "file" and f != "metrics.jsonl"]
         try:  # the entries' own modes (lstat): a link to a folder is no checkpoint
             folders = {e.filename for e in self.sftp.listdir_attr(f"{base}/checkpoints") if stat.S_ISDIR(e.st_mode or 0)}
         except FileNotFoundError:

@@ -287,7 +287,7 @@ LAUNCHER = [
     Case("launcher-config-provider", ["ls", "-L", "lc.yaml"], "provider must be vast, colab or ssh", write("lc.yaml", "provider: aws\n")),
     Case("launcher-config-bound", ["ls", "-L", "lc.yaml"], "'watch.max_resumes' must be >= 0",
          write("lc.yaml", "watch:\n  max_resumes: -1\n")),
-    Case("up-provider-unknown", ["up", "--provider", "aws"], "--provider must be vast, colab or ssh"),
+    Case("up-provider-unknown", ["up", "--provider", "aws"], "'aws' is not one of 'vast', 'colab', 'ssh'"),
     Case("up-training-config-out-of-range", ["up", "--smoke", "--set", "train.grad_accum_steps=0"],
          "'train.grad_accum_steps' must be >= 1"),
     Case("logs-unknown-deployment", ["logs", "-n", "nosuch"], "no deployment named 'nosuch' (known: other)"),

@@ -78,7 +78,8 @@ def test_export_refuses_a_tokenizer_that_does_not_fit(workdir, case):
         sets, match = ["--set", f"model.vocab_size={VOCAB}"], "does not record the tokenizer"
         meta = json.loads((workdir / "data" / "data_meta.json").read_text())
         (workdir / "data" / "data_meta.json").write_text(json.dumps({**meta, "tokenizer_sha256": None}))
-    (workdir / "ckpt").mkdir()
+    (workdir / "ckpt").mkdir()  # whole by its own account, so the tokenizer is what is refused
+    (workdir / "ckpt" / "state.json").write_text(json.dumps({"step": 0, "tokens": 0, "files": {}}))
     before = snapshot(workdir / "data", workdir / "tokenizer", workdir / "ckpt", workdir / "out")
     p = subprocess.run([sys.executable, "-m", "jobs.runner", "export", "--smoke", "--checkpoint", "ckpt", "--out", "out",
                         *sets], cwd=workdir, capture_output=True, text=True, timeout=300)

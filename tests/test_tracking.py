@@ -156,9 +156,9 @@ def test_launcher_pull_brings_the_event_files_home_over_a_real_sshd(workdir, tmp
         remote = Remote(target, str(workdir), "llm-forge-test").connect(timeout_s=20, quiet=True)
         try:
             append_only, rewritten = remote.pull_plan("smoke", [], PullConfig().files)
-            assert "tensorboard" in rewritten
+            assert "tensorboard" in append_only  # event files only ever grow
             local = tmp_path / "laptop" / "smoke"
-            sftp_pull(remote, remote.run_dir("smoke"), rewritten, local, append=False, label="tensorboard")
+            sftp_pull(remote, remote.run_dir("smoke"), ["tensorboard"], local, append=True, label="tensorboard")
         finally:
             remote.close()
     finally:
