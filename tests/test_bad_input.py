@@ -325,3 +325,23 @@ def test_launcher_usage_error_through_the_console_script(launcher_home):
     p = subprocess.run([sys.executable, "-c", "from launcher.cli import main; main()", "up", "--max-dph", "abc"],
                        capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(launcher_home)})
     assert_refused(p.returncode, p.stderr, before, snapshot(launcher_home), "'--max-dph'")
+
+
+def test_a_checkpoint_that_fills_the_disk_mid_training_is_one_line_naming_the_file(template, tmp_path):
+    """Past the input checks, training starts; the first checkpoint meets a 64 kB file limit (EFBIG, which
+    binds root too). torch's and safetensors' writers hide the errno: it must still come out as the file and
+    the cause, and leave no half-written checkpoint behind."""
+    root = tmp_path / "w"
+    shutil.copytree(template, root)
+    shutil.rmtree(root / "runs" / "smoke")  # a fresh smoke run: everything it writes is under the limit but weights
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+
+    p = subprocess.run([sys.executable, "-m", "jobs.runner", *SMOKE, "--set", "train.max_steps=4",
+                        "--set", "train.checkpoint_interval=2", "--set", "train.overfit_check.enabled=false"],
+                       cwd=root, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert_refused(p.returncode, p.stderr, {}, {}, "model.safetensors: File too large")
+    ckpts = root / CKPTS
+    assert not ckpts.is_dir() or not any(ckpts.iterdir())  # no .step_*.tmp, no step folder
+    assert json.loads((root / "runs" / "smoke" / "job.json").read_text())["state"] == "failed"

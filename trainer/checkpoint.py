@@ -15,6 +15,8 @@ hold only tensors, numbers, strings, lists and dicts, and are read with
 
 from __future__ import annotations
 
+import io
+import os
 import pickle
 import random
 import re
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from trainer.errors import UserError
@@ -69,6 +72,24 @@ def load_plain(path: Path) -> Any:
                         f"(a pickle from elsewhere, or an older checkpoint format): {first}") from None
 
 
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """model.safetensors without the tied lm_head duplicate; a full disk is the OSError it is."""
+    try:
+        save_model(model, str(path))
+    except SafetensorError as e:  # the Rust writer says "(os error 28)" in its text
+        if m := re.search(r"os error (\d+)", str(e)):
+            raise OSError(int(m[1]), os.strerror(int(m[1])), str(path)) from None
+        raise
+
+
+def save_plain(obj: Any, path: Path) -> None:
+    """torch.save through memory: torch's own file writer hides a full disk's errno in an assertion."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with open(path, "wb") as f:
+        f.write(buf.getbuffer())
+
+
 def save(
     folder: Path,
     model: torch.nn.Module,
@@ -81,11 +102,15 @@ def save(
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))  # drops the tied lm_head duplicate
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save({"scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "trainer_state.pt")
-    sizes = {p.name: p.stat().st_size for p in tmp.iterdir()}
-    atomic_write_json(tmp / "state.json", {**state, "files": sizes})
+    try:
+        save_weights(model, tmp / "model.safetensors")
+        save_plain(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_plain({"scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "trainer_state.pt")
+        sizes = {p.name: p.stat().st_size for p in tmp.iterdir()}
+        atomic_write_json(tmp / "state.json", {**state, "files": sizes})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk keeps no half checkpoint
+        raise
     old = folder.with_name(f".{folder.name}.old")
     if folder.exists():  # best/ and final/ are replaced: keep the old one until the new is in place
         shutil.rmtree(old, ignore_errors=True)

@@ -181,8 +181,11 @@ def train(
 
     def log(record: dict) -> None:
         if metrics:
-            metrics.write(json.dumps({**record, "time": time.time()}) + "\n")
-            metrics.flush()
+            try:
+                metrics.write(json.dumps({**record, "time": time.time()}) + "\n")
+                metrics.flush()
+            except OSError as e:  # a file object's error names no file
+                raise OSError(e.errno, e.strerror, metrics.name) from None
 
     def save(name: str) -> None:
         if main:
