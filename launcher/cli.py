@@ -40,8 +40,8 @@ from launcher.pricing import RankedOffer, ThroughputHistory, rank, within_budget
 from launcher.providers import Instance, Provider, get_provider
 from launcher.providers.base import Offer
 from launcher.providers.vast import LOST, SELF_STOPPED
-from launcher.state import Estimate, JobInfo, Record, State, check_name
-from trainer.config import from_dict, to_dict
+from launcher.state import Estimate, JobInfo, Record, State
+from trainer.config import check_name, from_dict, to_dict
 from trainer.errors import UserError
 from trainer.fileio import atomic_write_json, atomic_write_text, read_jsonl
 from trainer.sizing import bench_hash, run_tokens
@@ -295,7 +295,6 @@ def config_flag(cfg: LauncherConfig, sets: list[str], suffix: str = "") -> tuple
 
     jc = cfg.job
     train_cfg = load(None if jc.smoke else Path(jc.config or "train.yaml"), sets, jc.smoke)  # a bad key stops here
-    check_name("run name (train.run_name)", train_cfg.train.run_name)  # a folder here and on the host
     if jc.smoke:  # the host has configs/smoke.yaml; overrides travel as flags (never secrets)
         return train_cfg, " ".join(["--smoke", *(f"--set {shlex.quote(s)}" for s in sets)]), {}
     # The host gets one self-contained file: the config as loaded here, base chain and overrides applied.

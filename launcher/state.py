@@ -29,21 +29,12 @@ from trainer.fileio import atomic_write_json, atomic_write_text
 
 # Names that end up in paths, tmux and shell commands and ssh_config: plain ones only, so that quoting is
 # a second line of defence rather than the only one. None may start with "-" (an option to ssh or tmux).
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+")  # a DNS name, IPv4 or IPv6
 USER = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,31}")
 # A ProxyJump value: hops `[user@]host[:port]` (a host may be an ssh_config alias), comma separated.
 _HOP = r"(?:[A-Za-z_][A-Za-z0-9._-]{0,31}@)?[A-Za-z0-9][A-Za-z0-9.-]{0,252}(?::[0-9]{1,5})?"
 PROXY_JUMP = re.compile(rf"{_HOP}(?:,{_HOP})*")
 HOST_KEY = re.compile(r"[a-z0-9@.-]+ [A-Za-z0-9+/]+={0,2}")
-
-
-def check_name(what: str, value: str) -> str:
-    """`value` if it is a plain name (a deployment, a run), else a UserError naming `what`."""
-    if not isinstance(value, str) or not NAME.fullmatch(value):
-        raise UserError(f"{what} {value!r} is not a plain name: 1-64 letters, digits, '.', '_' or '-', "
-                        "starting with a letter or digit")
-    return value
 
 
 @dataclass

@@ -194,9 +194,9 @@ HOSTILE_NAMES = [
     (["status", "--name", "a b"], "deployment name (--name"),
     (["down", "--name", "$(touch pwned)"], "deployment name (--name"),
     (["up", "-o", "name=x/y"], "deployment name (--name"),
-    (["up", "--set", "train.run_name=../../../escaped"], "run name (train.run_name)"),
-    (["up", "--set", "train.run_name=r; touch pwned"], "run name (train.run_name)"),
-    (["up", "--set", "train.run_name=r\nHost *"], "run name (train.run_name)"),
+    (["up", "--set", "train.run_name=../../../escaped"], "is not a plain name"),
+    (["up", "--set", "train.run_name=r; touch pwned"], "is not a plain name"),
+    (["up", "--set", "train.run_name=r\nHost *"], "is not a plain name"),
     (["up", "--provider", "ssh", "--host", "gpubox; touch pwned"], "SSH host"),
     (["up", "--provider", "ssh", "--host", "-oProxyCommand=touch pwned"], "SSH host"),
     (["up", "--provider", "ssh", "--host", "evilbox"], "SSH user"),  # ~/.ssh/config names a user with a space

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import operator
+import re
 import sys
 import types
 import typing
@@ -139,6 +140,18 @@ class SampleConfig:
     repetition_penalty: float = bounded(1.0, gt=0)
 
 
+# A run's or a deployment's name: a folder here and on a host, a tmux session, an ssh_config Host.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+NAME_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def check_name(what: str, value: str) -> str:
+    """`value` if it is a plain name, else a UserError naming `what`."""
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise UserError(f"{what} {value!r} is not a plain name: {NAME_RULE}")
+    return value
+
+
 @dataclass
 class TrainConfig:
     run_name: str = "llama-100m"
@@ -169,6 +182,8 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
 
     def __post_init__(self) -> None:
+        if not NAME.fullmatch(self.run_name):  # runs/<run_name>/ must stay inside runs/
+            raise ValueError(f"run_name {self.run_name!r} is not a plain name: {NAME_RULE}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.min_lr > self.lr:
