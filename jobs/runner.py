@@ -445,7 +445,7 @@ def run_eval(cfg: JobConfig, folder: Path | None) -> None:
     from trainer.fileio import atomic_write_json
     from trainer.model import Llama
     from trainer.multiple_choice import score
-    from trainer.train import mixed_precision
+    from trainer.build import mixed_precision
 
     tasks = resolve(cfg.eval.tasks)
     run = run_dir(cfg)
