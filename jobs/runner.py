@@ -685,7 +685,7 @@ def idle_stop_command(
 ) -> None:
     """On a Vast instance: once the job has ended and nobody came for `--after` seconds, stop this instance."""
     from jobs.guard import idle_stop
-    from launcher.providers.vast import self_stopper
+    from jobs.vast_api import self_stopper
 
     check_poll(poll)
     try:

@@ -36,7 +36,8 @@ import paramiko
 from rich.console import Console
 
 from launcher.cli import Ctx, connect, deploy, do_pull, instance_lost, self_stopped_text, teardown
-from launcher.providers.vast import SELF_STOPPED, Ambiguous
+from jobs.vast_api import Ambiguous
+from launcher.providers.vast import SELF_STOPPED
 from launcher.state import Record
 from trainer.errors import UserError
 

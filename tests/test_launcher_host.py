@@ -313,7 +313,7 @@ def test_an_instance_left_alone_after_its_job_stops_itself_and_keeps_its_disk(wo
 
 
 def test_the_container_environment_is_read_from_the_first_process_too(tmp_path, monkeypatch):
-    from launcher.providers.vast import container_env
+    from jobs.vast_api import container_env
 
     environ = tmp_path / "environ"
     environ.write_bytes(b"PATH=/usr/bin\0CONTAINER_ID=5001\0CONTAINER_API_KEY=k=with=equals\0")
