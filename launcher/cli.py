@@ -27,7 +27,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from jobs.runner import cli_main
+from jobs.lifecycle import cli_main
 from launcher.config import LauncherConfig, VastConfig
 from launcher.context import connect, provider_for, setup
 from launcher.deploy import clear_lost, deploy, project_version

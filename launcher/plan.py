@@ -9,9 +9,10 @@ from pathlib import Path
 
 import yaml
 
-from jobs.config import JobConfig
+from jobs.config import JobConfig, load
 from launcher.config import LauncherConfig
 from launcher.state import check_name
+from trainer.config import to_dict
 
 
 @dataclass
@@ -52,9 +53,6 @@ def plan_job(cfg: LauncherConfig, job: str, hourly_rate: float | None = None, si
 
 def config_flag(cfg: LauncherConfig, sets: list[str], suffix: str = "") -> tuple[JobConfig, str, dict[str, bytes]]:
     """The training config, loaded and checked here, and how the host's `jobs` gets it: a flag, and files to upload."""
-    from jobs.runner import load
-    from trainer.config import to_dict
-
     jc = cfg.job
     train_cfg = load(None if jc.smoke else Path(jc.config or "train.yaml"), sets, jc.smoke)  # a bad key stops here
     check_name("run name (train.run_name)", train_cfg.train.run_name)  # a folder here and on the host
