@@ -1,5 +1,4 @@
-"""The eval job: val loss, bits per byte, zero-shot tasks and samples of a checkpoint, into eval.json and report.md.
-"""
+"""The eval job: val loss, bits per byte, zero-shot tasks and samples of a checkpoint, into eval.json and report.md."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """A job's life: job.json before and after, SIGTERM, exit codes, and one `error:` line for what the user can fix.
 
 Exit codes: 0 done, 2 bad input (config, data, a checkpoint, out of memory), EXIT_STOPPED stopped
-(SIGTERM, the budget guard), 130 interrupted, 1 a bug (its traceback is printed).
+(SIGTERM, the budget guard), 130 interrupted, a failed pipeline step's own code, 1 a bug (its traceback is printed).
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""`jobs pipeline`: each step its own `jobs` process, skipped when its outputs exist and verify.
-"""
+"""`jobs pipeline`: each step its own `jobs` process, skipped when its outputs exist and verify."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""A run's folder before a job touches it: every input checked first, and no real run's checkpoints overwritten.
-"""
+"""A run's folder before a job touches it: every input checked first, and no real run's checkpoints overwritten."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The train job: inputs checked, the cost guard, one process or one worker per GPU, checkpoints shipped to the Hub.
-"""
+"""The train job: inputs checked, the cost guard, one process or one worker per GPU, checkpoints shipped to the Hub."""
 
 from __future__ import annotations
 

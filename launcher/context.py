@@ -1,5 +1,4 @@
-"""What every launcher command starts from: the launcher config, the state file, the deployment's name.
-"""
+"""What every launcher command starts from: the launcher config, the state file, the deployment's name."""
 
 from __future__ import annotations
 

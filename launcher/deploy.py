@@ -1,4 +1,6 @@
-"""Rent or reach a host, prepare it and start the job, the budget guard and the idle stop; every instance on record the moment it exists.
+"""`launcher up`: rent or reach a host, prepare it, start the job, the budget guard and the idle stop.
+
+Every instance is on record the moment it exists, and a failed start destroys what it rented.
 """
 
 from __future__ import annotations

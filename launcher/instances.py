@@ -1,5 +1,4 @@
-"""What the provider says of a deployment's instance: alive, lost, stopped by itself, or found only by its label.
-"""
+"""What the provider says of a deployment's instance: alive, lost, stopped by itself, or found only by its label."""
 
 from __future__ import annotations
 

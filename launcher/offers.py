@@ -1,5 +1,4 @@
-"""Vast offers ranked for a run: cheapest per token first, within cost.max_cost, and what the pick is expected to cost.
-"""
+"""Vast offers ranked for a run: cheapest per token first, within cost.max_cost, and what the pick is expected to cost."""
 
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ def throughput_history(ctx: Ctx) -> ThroughputHistory:
     return ThroughputHistory(ctx.state.dir / "throughput_history.json")
 
 
-def rank_offers(ctx: Ctx, plan: "JobPlan", found: list[Offer], tokens_done: int = 0) -> list[RankedOffer]:
+def rank_offers(ctx: Ctx, plan: JobPlan, found: list[Offer], tokens_done: int = 0) -> list[RankedOffer]:
     tc = plan.train_cfg
     target = max(run_tokens(tc, ctx.cfg.vast.num_gpus) - tokens_done, 0)
     if ctx.cfg.pricing.dataset_gb is not None:
@@ -35,7 +34,7 @@ def rank_offers(ctx: Ctx, plan: "JobPlan", found: list[Offer], tokens_done: int 
                 ctx.cfg.pricing.expected_mfu, data_bytes)
 
 
-def choose_offers(ctx: Ctx, plan: "JobPlan", found: list[Offer], tokens_done: int, spent_before: float) -> list[RankedOffer]:
+def choose_offers(ctx: Ctx, plan: JobPlan, found: list[Offer], tokens_done: int, spent_before: float) -> list[RankedOffer]:
     """The offers to try, cheapest per token first, without those whose projected total breaks max_cost."""
     ranked = rank_offers(ctx, plan, found, tokens_done)
     if not ranked:

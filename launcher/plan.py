@@ -1,5 +1,4 @@
-"""What a job becomes on the host: the training config checked here, the shell steps, the files to upload.
-"""
+"""What a job becomes on the host: the training config checked here, the shell steps, the files to upload."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Bring a run home from its host: checkpoints, metrics, samples, the host's throughput, report.md.
-"""
+"""Bring a run home from its host: checkpoints, metrics, samples, the host's throughput, report.md."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""A run continued on a new instance: its latest pulled checkpoint, what earlier instances cost, the upload.
-"""
+"""A run continued on a new instance: its latest pulled checkpoint, what earlier instances cost, the upload."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Stop a deployment's job, destroy its instance, forget it; or, when `up` fails, destroy what it rented.
-"""
+"""Stop a deployment's job, destroy its instance, forget it; or, when `up` fails, destroy what it rented."""
 
 from __future__ import annotations
 
