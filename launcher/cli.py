@@ -13,7 +13,11 @@ Every deployment is recorded in a local state file right after it is created,
 so an instance is never forgotten and left billing. With cost.max_cost set, a
 budget guard runs beside the job on the host and stops it (with a checkpoint)
 when the instance's time x price reaches the budget, laptop or no laptop.
+
+This module parses flags and prints; deploy.py, pull.py, teardown.py and resume.py do
+the work, for these commands and for watch.py alike.
 """
+
 from __future__ import annotations
 
 import shlex
