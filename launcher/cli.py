@@ -34,11 +34,11 @@ from rich.table import Table
 from jobs.lifecycle import cli_main
 from launcher.config import LauncherConfig, VastConfig
 from launcher.context import connect, provider_for, setup
-from launcher.deploy import clear_lost, deploy, project_version
+from launcher.deploy import clear_lost, deploy, project_version, start_beside
 from launcher.image import image_app
 from launcher.instances import find_by_label, is_running, self_stopped_text
 from launcher.offers import fmt_estimate, rank_offers
-from launcher.plan import GUARD_SESSION, IDLE_SESSION, config_flag, plan_job
+from launcher.plan import GUARD_SESSION, IDLE_SESSION, plan_job
 from launcher.providers import Instance, get_provider
 from launcher.providers.vast import SELF_STOPPED
 from launcher.pull import pull_run
@@ -401,20 +401,7 @@ def exec_(
     rec = ctx.record()
     if rec.job is None:
         raise UserError(f"no job was started on {rec.name!r}: `launcher up` first")
-    if job is ExecJob.status:
-        command, uploads = f"{rec.jobs_command} status {shlex.quote(rec.job.run)}", {}
-    else:  # the config the job was started with, in a file of its own (the job's stays as it read it)
-        cfg = ctx.cfg
-        cfg.job.config, cfg.job.set, cfg.job.smoke, cfg.remote.workdir = rec.job.config, list(rec.job.sets), rec.job.smoke, rec.workdir
-        _, flag, uploads = config_flag(cfg, cfg.job.set, suffix=f"-{job.value}")
-        command = f"{rec.jobs_command} {job.value} {flag}"
-    remote = connect(ctx, rec)
-    try:
-        for path, data in uploads.items():
-            remote.write_file(path, data)
-        remote.start_job(job.value, [command])
-    finally:
-        remote.close()
+    start_beside(ctx, rec, job.value)
     name_flag = "" if ctx.name == ctx.cfg.name else f" -n {ctx.name}"
     console.print(f"[green]started[/] `{job.value}` in tmux session {job.value!r} beside {rec.job.session!r}; "
                   f"follow it: launcher logs --job {job.value} -f{name_flag}")

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from launcher.config import LauncherConfig
-from launcher.context import Ctx
+from launcher.context import Ctx, connect
 from launcher.instances import instance_lost, self_stopped_text
 from launcher.offers import choose_offers, estimate_of, fmt_estimate
-from launcher.plan import GUARD_SESSION, IDLE_SESSION, plan_job
+from launcher.plan import GUARD_SESSION, IDLE_SESSION, config_flag, plan_job
 from launcher.pricing import RankedOffer
 from launcher.providers import Instance, get_provider
 from launcher.providers.vast import SELF_STOPPED
@@ -199,3 +199,22 @@ def deploy(ctx: Ctx, job: str, resume: bool = False) -> Record:
     if plan.guard_steps:
         console.print(f"budget guard on the host: stops training with a checkpoint at ${plan.train_cfg.cost.max_cost:.2f}")
     return rec
+
+
+def start_beside(ctx: Ctx, rec: Record, job: str) -> None:
+    """`launcher exec`: another `jobs` command on the live host, in a tmux session of its own beside the job."""
+    assert rec.job is not None
+    if job == "status":
+        command, uploads = f"{rec.jobs_command} status {shlex.quote(rec.job.run)}", {}
+    else:  # the config the job was started with, in a file of its own (the job's stays as it read it)
+        cfg = ctx.cfg
+        cfg.job.config, cfg.job.set, cfg.job.smoke, cfg.remote.workdir = rec.job.config, list(rec.job.sets), rec.job.smoke, rec.workdir
+        _, flag, uploads = config_flag(cfg, cfg.job.set, suffix=f"-{job}")
+        command = f"{rec.jobs_command} {job} {flag}"
+    remote = connect(ctx, rec)
+    try:
+        for path, data in uploads.items():
+            remote.write_file(path, data)
+        remote.start_job(job, [command])
+    finally:
+        remote.close()
