@@ -37,6 +37,7 @@ from launcher.context import connect, provider_for, setup
 from launcher.deploy import clear_lost, deploy, project_version, start_beside
 from launcher.image import image_app
 from launcher.instances import find_by_label, is_running, self_stopped_text
+from launcher.job_state import read_job_state
 from launcher.offers import fmt_estimate, rank_offers
 from launcher.plan import GUARD_SESSION, IDLE_SESSION, plan_job
 from launcher.providers import Instance, get_provider
@@ -258,31 +259,22 @@ def status(name: NameOpt = None, launcher_config: LauncherConfigOpt = None, opt:
     if rec.estimate:
         table.add_row("expected at rent", fmt_estimate(rec.estimate))
     if rec.job and rec.ssh and is_running(rec, inst):
-        remote = connect(ctx, rec, timeout_s=30)
-        try:
-            record = remote.job_record(rec.job.run)
-            code = remote.exit_code(rec.job.session)
-            alive = remote.job_alive(rec.job.session)
-            metrics = remote.last_metrics(rec.job.run)
-            measured = remote.read_json(f"{rec.workdir}/runs/throughput.json")
-            table.add_row("job", describe_job(rec.job, record, code, alive))
-            if measured:
-                table.add_row("measured on host", fmt_measured(measured, rec.price_per_hour))
-            if m := metrics.train:
-                eta_s = m.get("eta_s")
-                parts = [f"step {m.get('step')}", f"loss {m.get('loss'):.4f}" if isinstance(m.get("loss"), (int, float)) else "",
-                         f"{m.get('tokens_per_s', 0) or 0:,.0f} tok/s", f"MFU {m['mfu']:.1%}" if m.get("mfu") else "",
-                         f"ETA {fmt_duration(eta_s)}" if eta_s is not None and alive else ""]
-                table.add_row("train", "  ".join(p for p in parts if p))
-            if m := metrics.eval:
-                table.add_row("eval", f"step {m.get('step')}  val_loss {m.get('val_loss'):.4f}")
-            failed = (record and record.get("state") == "failed") or (code not in (None, 0) and not alive)
-            if failed:
-                table.add_row("log tail", remote.log_tail(rec.job.session, 15))
-            if not alive:
-                eta_s = None
-        finally:
-            remote.close()
+        js = read_job_state(ctx, rec)
+        table.add_row("job", describe_job(rec.job, js.record, js.code, js.alive))
+        if js.measured:
+            table.add_row("measured on host", fmt_measured(js.measured, rec.price_per_hour))
+        if m := js.metrics.train:
+            eta_s = m.get("eta_s")
+            parts = [f"step {m.get('step')}", f"loss {m.get('loss'):.4f}" if isinstance(m.get("loss"), (int, float)) else "",
+                     f"{m.get('tokens_per_s', 0) or 0:,.0f} tok/s", f"MFU {m['mfu']:.1%}" if m.get("mfu") else "",
+                     f"ETA {fmt_duration(eta_s)}" if eta_s is not None and js.alive else ""]
+            table.add_row("train", "  ".join(p for p in parts if p))
+        if m := js.metrics.eval:
+            table.add_row("eval", f"step {m.get('step')}  val_loss {m.get('val_loss'):.4f}")
+        if js.log_tail is not None:
+            table.add_row("log tail", js.log_tail)
+        if not js.alive:
+            eta_s = None
     table.add_row("cost", cost_text(rec, unrecorded, eta_s, prov.rents))
     out.print(table)
 
