@@ -21,7 +21,6 @@ the work, for these commands and for watch.py alike.
 from __future__ import annotations
 
 import shlex
-import sys
 import time
 from enum import Enum
 from pathlib import Path
@@ -33,11 +32,12 @@ from rich.table import Table
 
 from jobs.lifecycle import cli_main
 from launcher.config import LauncherConfig, VastConfig
-from launcher.context import connect, provider_for, setup
+from launcher.context import provider_for, setup
 from launcher.deploy import clear_lost, deploy, project_version, start_beside
 from launcher.image import image_app
 from launcher.instances import find_by_label, is_running, self_stopped_text
 from launcher.job_state import read_job_state
+from launcher.logs import follow_log, open_log
 from launcher.offers import fmt_estimate, rank_offers
 from launcher.plan import GUARD_SESSION, IDLE_SESSION, plan_job
 from launcher.providers import Instance, get_provider
@@ -335,47 +335,18 @@ def logs(
     opt: OptOpt = None,
 ) -> None:
     """The job's log (or another session's); -f follows it until it ends."""
-    from launcher.remote import CONNECTION_ERRORS
-
     ctx = setup(launcher_config, opt, name)
     rec = ctx.record()
     if rec.job is None:
         raise UserError(f"no job was started on {rec.name!r}")
     session = job.value if job else rec.job.session
-    remote = connect(ctx, rec)
-    if not remote.exists(remote.log_path(session)) and not remote.job_alive(session):
-        remote.close()
-        raise UserError(f"no session {session!r} was started on {rec.name!r}")
+    remote = open_log(ctx, rec, session)
     if not follow:
         print(remote.log_tail(session, lines))
         remote.close()
         return
-    stdout = sys.stdout.buffer
-    offset, reconnects = 0, 0
-    try:
-        while True:
-            try:
-                chunk = remote.read_log_from(session, offset)
-                if chunk:
-                    stdout.write(chunk)
-                    stdout.flush()
-                    offset += len(chunk)
-                    continue
-                if remote.job_finished(session):
-                    tail = remote.read_log_from(session, offset)  # whatever landed after the last read
-                    stdout.write(tail)
-                    stdout.flush()
-                    code = remote.exit_code(session)
-                    console.print(f"[{'green' if code == 0 else 'red'}]job ended with exit code {code}[/]")
-                    return
-                time.sleep(0.5)
-            except CONNECTION_ERRORS as e:
-                reconnects += 1
-                console.print(f"[yellow]connection lost ({type(e).__name__}); reconnecting (attempt {reconnects})[/]")
-                remote.close()
-                remote = connect(ctx, rec)  # bounded by remote.connect_timeout_s; resumes at `offset`
-    finally:
-        remote.close()
+    code = follow_log(ctx, rec, remote, session)
+    console.print(f"[{'green' if code == 0 else 'red'}]job ended with exit code {code}[/]")
 
 
 # --- exec ------------------------------------------------------------------------------
