@@ -10,8 +10,10 @@ rules' published ones.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from trainer.config import Config, bounded
+from trainer.config import Config, bounded, load_config
+from trainer.errors import UserError
 
 SOURCE_TYPES = ("hf", "local")
 SOURCE_KINDS = ("c4", "wikipedia", "gutenberg", "generic")
@@ -239,3 +241,16 @@ class JobConfig(Config):
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size or self.model.vocab_size
+
+
+def load(config: Path | None, sets: list[str] | None, smoke: bool) -> JobConfig:
+    if smoke and config:
+        raise UserError("--smoke uses configs/smoke.yaml; pass either --smoke or --config")
+    cfg = load_config(JobConfig, "smoke.yaml" if smoke else (config or "train.yaml"), sets or [])
+    if smoke and not cfg.train.run_name.startswith("smoke"):
+        cfg.train.run_name = f"smoke-{cfg.train.run_name}"  # a smoke run never lands in a real run's folder
+    return cfg
+
+
+def run_dir(cfg: JobConfig) -> Path:
+    return Path(cfg.train.runs_dir) / cfg.train.run_name

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import torch
 
+from jobs.config import JobConfig, run_dir
+from jobs.run_folder import checked_checkpoint
 from trainer import checkpoint
 from trainer.checks import load_tokenizer
+from trainer.data import read_meta
 from trainer.errors import UserError
 from trainer.model import Llama, ModelConfig
 
@@ -211,3 +214,20 @@ def push(folder: Path, repo_id: str, private: bool = True) -> str:
     except Exception as e:
         raise _hub_error("push to", repo_id, e) from None
     return info.oid
+
+
+def run_export(cfg: JobConfig, chosen: Path | None, out: Path | None, push_to: str | None) -> None:
+    """`jobs export`: the checkpoint named (else final, best, latest) into `out` (else runs/<run>/hf), maybe to the Hub."""
+    folder = checked_checkpoint(cfg, chosen)
+    if not Path(cfg.data.tokenizer).is_file():
+        raise UserError(f"tokenizer {cfg.data.tokenizer} not found: run `jobs tokenizer` or `jobs sync-data pull`")
+    target = out or run_dir(cfg) / "hf"
+    # The export replaces its folder whole: only ever an earlier export, never (say) data/.
+    if target.exists() and not all((target / f).is_file() for f in ("config.json", "model.safetensors")):
+        raise UserError(f"--out {target} exists and is not an earlier export: name a new folder")
+    meta = read_meta(cfg.data.dir) if (Path(cfg.data.dir) / "data_meta.json").is_file() else None
+    card = model_card(run_dir(cfg), cfg.model, meta, cfg.cost.hourly_rate)
+    target = export(folder, target, cfg.model, Path(cfg.data.tokenizer), card, meta)
+    print(f"exported {folder} -> {target} (load with AutoModelForCausalLM.from_pretrained)")
+    if push_to:
+        print(f"pushed to {push_to} at {push(target, push_to)[:12]}")

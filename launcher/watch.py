@@ -35,9 +35,14 @@ from pathlib import Path
 import paramiko
 from rich.console import Console
 
-from launcher.cli import Ctx, connect, deploy, do_pull, instance_lost, self_stopped_text, teardown
-from launcher.providers.vast import SELF_STOPPED, Ambiguous
+from launcher.context import Ctx, connect
+from launcher.deploy import deploy
+from launcher.instances import instance_lost, self_stopped_text
+from jobs.vast_api import Ambiguous
+from launcher.providers.vast import SELF_STOPPED
+from launcher.pull import pull_run
 from launcher.state import Record
+from launcher.teardown import teardown
 from trainer.errors import UserError
 
 console = Console(stderr=True)
@@ -125,7 +130,7 @@ def _follow(ctx: Ctx, auto_resume: bool) -> int:
                 return 1
             state = None if lost else look(ctx, rec)
             if not lost:
-                do_pull(ctx, rec, None, report=state is not None)
+                pull_run(ctx, rec, None, report=state is not None)
             unreachable_since = failing_since = None
         except Exception as e:
             if not unreachable(e):  # not the host's fault: retried, then left to the user, never taken for a loss

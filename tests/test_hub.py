@@ -20,7 +20,7 @@ from jobs import hub
 from jobs.prepare import check_data, run_prepare
 from jobs.tokenizer import sha256_file, train_tokenizer
 from seed_format import seed_repo_files, write_seed_data
-from jobs.runner import tokenizer_done
+from jobs.pipeline import tokenizer_done
 from trainer.checks import load_tokenizer
 from trainer.data import TokenData
 from trainer.errors import UserError

@@ -290,15 +290,15 @@ def test_an_instance_left_alone_after_its_job_stops_itself_and_keeps_its_disk(wo
     world.write_config(remote={"idle_stop_after_s": 1})
     world.cli(capfd, "up")  # and no watcher: the laptop was closed
     iid = int(world.state.get("default").instance_id)
-    log_file = world.workdir / ".launcher" / "idle-stop.log"
+    log_path = world.workdir / ".launcher" / "idle-stop.log"
     deadline = time.monotonic() + 30
-    # The stand-in records the stop before it answers; the host logs it once the answer came.
-    while (iid not in world.vast.stopped or not log_file.exists() or "stopped instance" not in log_file.read_text()) \
-            and time.monotonic() < deadline:
+    # Until the idle stop has also logged the stop, which it does after Vast's answer.
+    while time.monotonic() < deadline and not (iid in world.vast.stopped and log_path.is_file()
+                                               and f"stopped instance {iid}" in log_path.read_text()):
         time.sleep(0.1)
     # It stopped itself after the job ended, with its own key: the only calls that key made.
     assert world.vast.container_requests == [("PUT", f"/api/v0/instances/{iid}/", {"state": "stopped"})]
-    log = log_file.read_text()
+    log = log_path.read_text()
     assert "the job ended (exit code 0)" in log and f"stopped instance {iid}" in log
     assert json.loads((world.workdir / "runs" / "smoke" / "job.json").read_text())["state"] == "succeeded"
 
@@ -316,7 +316,7 @@ def test_an_instance_left_alone_after_its_job_stops_itself_and_keeps_its_disk(wo
 
 
 def test_the_container_environment_is_read_from_the_first_process_too(tmp_path, monkeypatch):
-    from launcher.providers.vast import container_env
+    from jobs.vast_api import container_env
 
     environ = tmp_path / "environ"
     environ.write_bytes(b"PATH=/usr/bin\0CONTAINER_ID=5001\0CONTAINER_API_KEY=k=with=equals\0")

@@ -12,7 +12,8 @@ import time
 import pytest
 import yaml
 
-from launcher.cli import latest_local_checkpoint, plan_job
+from launcher.plan import plan_job
+from launcher.resume import latest_local_checkpoint
 from launcher.config import LauncherConfig, load_launcher_config
 from launcher.providers.base import Instance
 from launcher.providers.vast import api_key, ssh_endpoint

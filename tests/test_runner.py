@@ -115,7 +115,7 @@ def test_a_sigterm_that_library_code_turns_into_another_error_still_stops_the_jo
     import typer
 
     from jobs.jobfile import JobFile
-    from jobs.runner import Terminated, run_job
+    from jobs.lifecycle import Terminated, run_job
 
     monkeypatch.setattr(Terminated, "seen", False)
     old = signal.getsignal(signal.SIGTERM)

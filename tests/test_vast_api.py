@@ -8,7 +8,8 @@ import pytest
 
 from launcher.providers.base import Instance
 from conftest import vast_provider
-from launcher.providers.vast import Ambiguous, api_key
+from jobs.vast_api import Ambiguous
+from launcher.providers.vast import api_key
 from vast_server import offer
 
 

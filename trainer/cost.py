@@ -8,12 +8,12 @@ run and refuses to start one that would cost more than `cost.max_cost`.
 
 from __future__ import annotations
 
-import platform
 import time
 from pathlib import Path
 
 import torch
 
+from trainer.build import build_training, device_name
 from trainer.config import Config
 from trainer.errors import UserError
 from trainer.fileio import atomic_write_json, read_json
@@ -26,16 +26,8 @@ class CostError(UserError):
     pass
 
 
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def time_training_steps(cfg: Config) -> float:
     """Tokens/s of optimizer steps of the training configuration, on random tokens."""
-    from trainer.train import build_training  # the same builders the loop uses
-
     accelerator, model, optimizer = build_training(cfg)
     mb, T, accum = cfg.train.micro_batch_size, cfg.model.seq_len, cfg.train.grad_accum_steps
     gen = torch.Generator().manual_seed(0)

@@ -26,22 +26,14 @@ from tqdm.auto import tqdm
 
 from trainer import checkpoint, tracking
 from trainer.checks import append_samples, load_tokenizer, overfit_check, samples
-from trainer.config import Config, ConfigError, TrainConfig, to_dict
-from trainer.cost import device_name, peak_flops
+from trainer.build import build_training, device_name
+from trainer.config import Config, TrainConfig, to_dict
 from trainer.data import TokenData
 from trainer.errors import UserError
 from trainer.evaluate import bits_per_byte, plot_metrics, val_bytes_per_token, val_loss
+from trainer.gpus import peak_flops
 from trainer.model import Llama
 from trainer.units import fmt_duration
-
-
-def mixed_precision(cfg: Config) -> str:
-    p = cfg.train.precision
-    if p not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {p!r}")
-    if p == "auto":
-        return "bf16" if torch.cuda.is_available() else "no"
-    return "bf16" if p == "bf16" else "no"
 
 
 def lr_factor(step: int, t: TrainConfig) -> float:
@@ -51,30 +43,6 @@ def lr_factor(step: int, t: TrainConfig) -> float:
     floor = t.min_lr / t.lr if t.lr > 0 else 0.0
     progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def make_optimizer(model: Llama, t: TrainConfig, fused: bool) -> torch.optim.AdamW:
-    # Decay the matrices only: norms' gains are scales, decaying them to 0 hurts.
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused)
-
-
-def build_training(cfg: Config, trackers: dict | None = None) -> tuple[Accelerator, torch.nn.Module, torch.optim.Optimizer]:
-    """The accelerator (with `trackers`: `tracking.tracker_kwargs`), the prepared (and maybe compiled) model and its optimizer."""
-    # cpu=True is what makes accelerate pick gloo for several CPU processes.
-    accelerator = Accelerator(mixed_precision=mixed_precision(cfg), cpu=not torch.cuda.is_available(), **(trackers or {}))
-    if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
-        torch.backends.cudnn.allow_tf32 = cfg.train.tf32
-    torch.manual_seed(cfg.train.seed)  # every rank starts from the same weights
-    model = Llama(cfg.model)
-    optimizer = make_optimizer(model, cfg.train, fused=accelerator.device.type == "cuda")
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if cfg.train.compile:
-        model = torch.compile(model)  # after DDP wrapping, so DDP can split graphs at its buckets
-    return accelerator, model, optimizer
 
 
 @dataclass

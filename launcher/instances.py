@@ -1,0 +1,43 @@
+"""What the provider says of a deployment's instance: alive, lost, stopped by itself, or found only by its label."""
+
+from __future__ import annotations
+
+from launcher.context import Ctx, provider_for
+from launcher.providers import Instance, Provider
+from launcher.providers.vast import LOST, SELF_STOPPED
+from launcher.state import Record
+
+
+def instance_lost(ctx: Ctx, rec: Record) -> str | None:
+    """Why a rented instance is no more (outbid, exited, gone), or None while it lives."""
+    if not rec.instance_id:
+        return None
+    inst = provider_for(ctx, rec).get(rec.instance_id)
+    if inst is None:
+        return "gone"
+    if inst.status == SELF_STOPPED:
+        return SELF_STOPPED
+    if inst.status in LOST:
+        return inst.status + (f": {inst.message}" if inst.message else "")
+    return None
+
+
+def is_running(rec: Record, inst: Instance | None) -> bool:
+    """Whether SSH can answer: a host we only reach, or a rented instance neither gone nor stopped."""
+    return rec.instance_id is None or (inst is not None and inst.status not in (*LOST, SELF_STOPPED))
+
+
+def self_stopped_text(rec: Record) -> str:
+    return (f"instance {rec.instance_id} stopped itself after its job ended, keeping its disk: "
+            f"start it (Vast's console, or `vastai start instance {rec.instance_id}`) and `launcher pull`, "
+            f"or `launcher down` to destroy it with its disk")
+
+
+def find_by_label(prov: Provider, label: str) -> Instance | None:
+    """The instance a crash between the create call and its answer left unrecorded but for its label."""
+    return next((i for i in prov.list() if i.label == label), None)
+
+
+def instance_id_by_label(prov: Provider, label: str) -> str | None:
+    found = find_by_label(prov, label)
+    return found.id if found else None
