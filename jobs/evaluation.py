@@ -15,7 +15,7 @@ def run_eval(cfg: JobConfig, folder: Path | None) -> None:
 
     from jobs.report import write_report
     from jobs.tasks import load_items, resolve
-    from trainer import checkpoint, tracking
+    from trainer import checkpoint, checkpoint_files, tracking
     from trainer.checks import load_tokenizer, samples
     from trainer.data import TokenData
     from trainer.evaluate import eval_summary, val_bytes_per_token, val_loss
@@ -36,7 +36,7 @@ def run_eval(cfg: JobConfig, folder: Path | None) -> None:
     model = Llama(cfg.model)
     checkpoint.load_weights(folder, model)
     model = model.to(accelerator.device)
-    state = checkpoint.read_state(folder)
+    state = checkpoint_files.read_state(folder)
     t = cfg.train
     n_val = t.eval_batches * t.micro_batch_size
     loss = val_loss(model, data, n_val, t.micro_batch_size, accelerator)

@@ -146,7 +146,7 @@ TOKENIZER_CONFIG = {
 def model_card(run_dir: Path, model_cfg: ModelConfig, data_meta: dict | None, hourly_rate: float) -> str:
     """A Hub model card: what the model is, what it was trained on, what it cost."""
     from jobs.report import train_hours
-    from trainer.evaluate import read_metrics
+    from trainer.metrics import read_metrics
 
     rows = read_metrics(run_dir)
     train = [r for r in rows if r.get("kind") == "train"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, snapshot_download
 
 from jobs.hub import _endpoint, _hub_error, _token
-from trainer import checkpoint
+from trainer import checkpoint_files
 from trainer.errors import UserError
 from trainer.fileio import read_jsonl
 
@@ -91,8 +91,8 @@ def fetch_latest(repo_id: str, run: str, ckpt_dir: Path) -> Path | None:
         shutil.rmtree(staging, ignore_errors=True)
         raise _hub_error("downloading checkpoints from", repo_id, e) from None
     fetched = [staging / prefix / n for n in names]
-    best = max(fetched, key=lambda p: checkpoint.read_state(p)["step"])
-    step = checkpoint.read_state(best)["step"]
+    best = max(fetched, key=lambda p: checkpoint_files.read_state(p)["step"])
+    step = checkpoint_files.read_state(best)["step"]
     target = ckpt_dir / f"step_{step:06d}"
     shutil.rmtree(target, ignore_errors=True)
     ckpt_dir.mkdir(parents=True, exist_ok=True)

@@ -103,16 +103,16 @@ def benchmark_done(cfg: JobConfig) -> bool:
 
 
 def has_checkpoint(cfg: JobConfig) -> bool:
-    from trainer import checkpoint
+    from trainer import checkpoint_files
 
-    return checkpoint.latest(run_dir(cfg) / "checkpoints") is not None
+    return checkpoint_files.latest(run_dir(cfg) / "checkpoints") is not None
 
 
 def train_done(cfg: JobConfig) -> bool:
-    from trainer import checkpoint
+    from trainer import checkpoint_files
 
     final = run_dir(cfg) / "checkpoints" / "final"
-    return final.is_dir() and checkpoint.read_state(final)["step"] >= cfg.train.max_steps
+    return final.is_dir() and checkpoint_files.read_state(final)["step"] >= cfg.train.max_steps
 
 
 def eval_done(cfg: JobConfig) -> bool:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from jobs.jobfile import read_history, read_job
-from trainer.evaluate import plot_metrics, read_metrics
+from trainer.metrics import plot_metrics, read_metrics
 
 
 def train_hours(run_dir: Path) -> float:

@@ -273,7 +273,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts (the launcher reads this).")] = False,
 ) -> None:
     """The state of a run's jobs: the current one from job.json and the history."""
-    from trainer.evaluate import read_metrics
+    from trainer.metrics import read_metrics
 
     names = [run] if run else sorted(p.name for p in runs_dir.iterdir() if (p / "job.json").exists()) if runs_dir.is_dir() else []
     report = {}

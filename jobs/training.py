@@ -55,10 +55,10 @@ def train_with_uploads(cfg: JobConfig, start: str | None, stop_at: int | None, m
 
 def fetch_checkpoint_if_missing(cfg: JobConfig) -> None:
     """A new host resuming a run: take the latest checkpoint from hub.checkpoint_repo."""
-    from trainer import checkpoint
+    from trainer import checkpoint_files
 
     ckpts = run_dir(cfg) / "checkpoints"
-    if checkpoint.latest(ckpts) is not None or not cfg.hub.checkpoint_repo:
+    if checkpoint_files.latest(ckpts) is not None or not cfg.hub.checkpoint_repo:
         return
     from jobs.hub_checkpoints import fetch_latest
 

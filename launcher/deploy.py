@@ -23,9 +23,10 @@ from launcher.plan import GUARD_SESSION, IDLE_SESSION, config_flag, plan_job
 from launcher.pricing import RankedOffer
 from launcher.providers import Instance, get_provider
 from launcher.providers.vast import SELF_STOPPED
-from launcher.resume import latest_local_checkpoint, read_checkpoint_state, read_spent, upload_run
+from launcher.resume import latest_local_checkpoint, read_spent, upload_run
 from launcher.state import JobInfo, Record, State
 from launcher.teardown import abandon, teardown
+from trainer import checkpoint_files
 from trainer.errors import UserError
 
 if TYPE_CHECKING:
@@ -154,7 +155,7 @@ def deploy(ctx: Ctx, job: str, resume: bool = False) -> Record:
     install = host_install(cfg, prov.name)  # the wheel is built before anything is rented
     ranked: list[RankedOffer] = []
     if prov.rents:
-        tokens_done = read_checkpoint_state(checkpoint_dir)["tokens"] if checkpoint_dir else 0
+        tokens_done = checkpoint_files.read_state(checkpoint_dir)["tokens"] if checkpoint_dir else 0
         ranked = choose_offers(ctx, plan, prov.find(), tokens_done, spent_before)
         ctx.state.put(rec)  # the label is on record before the purchase, so even an ambiguous create is found
     try:

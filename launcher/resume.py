@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from launcher.config import LauncherConfig
+from trainer import checkpoint_files
 from trainer.errors import UserError
 from trainer.fileio import atomic_write_text, read_jsonl
 
@@ -29,18 +30,12 @@ def read_spent(cfg: LauncherConfig, run: str) -> float:
     return float(json.loads(path.read_text())["dollars"]) if path.is_file() else 0.0
 
 
-def read_checkpoint_state(folder: Path) -> dict:
-    return json.loads((folder / "state.json").read_text())
-
-
 def latest_local_checkpoint(cfg: LauncherConfig, run: str) -> Path:
     """The checkpoint of `run` with the most steps among those pulled here (watch and pull bring them)."""
-    from trainer import checkpoint  # torch: the resume path ranks offers with it anyway
-
     ckpts = Path(cfg.pull.dest) / run / "checkpoints"
     if (ckpts / "final").is_dir():
         raise UserError(f"--resume {run}: the run has finished ({ckpts / 'final'} is here); nothing to resume")
-    found, whole = checkpoint.step_folders(ckpts, complete=False), checkpoint.step_folders(ckpts)
+    found, whole = checkpoint_files.step_folders(ckpts, complete=False), checkpoint_files.step_folders(ckpts)
     if not whole:
         raise UserError(f"--resume {run}: no checkpoint in {ckpts}; `launcher pull` (or `watch`) brings them as they are made")
     if found[-1] != whole[-1]:  # the pull of the newest was cut off with the instance
@@ -50,7 +45,7 @@ def latest_local_checkpoint(cfg: LauncherConfig, run: str) -> Path:
 
 def upload_run(remote: Remote, run: str, checkpoint_dir: Path) -> None:
     """The checkpoint, and the run's metrics up to its step, so the resumed run continues the same curve."""
-    step = read_checkpoint_state(checkpoint_dir)["step"]
+    step = checkpoint_files.read_state(checkpoint_dir)["step"]
     run_dir, local = remote.run_dir(run), checkpoint_dir.parent.parent
     remote.run(f"mkdir -p {shlex.quote(run_dir + '/checkpoints')}")
     sent = remote.upload_dir(checkpoint_dir, f"{run_dir}/checkpoints/{checkpoint_dir.name}")

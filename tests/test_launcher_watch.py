@@ -27,7 +27,7 @@ import pytest
 
 from launcher import cli
 from launcher.pricing import ThroughputHistory
-from trainer import checkpoint
+from trainer import checkpoint_files
 from sshd import child_pids, signal_all
 from test_launcher_host import REPO, TOKEN, World, push_smoke_data
 from vast_server import offer
@@ -166,7 +166,7 @@ def lose_instance_when(world: World, local: Path, step: int) -> threading.Thread
     instance is outbid and its machine (disk included) is gone."""
 
     def reached(checkpoints: Path) -> bool:
-        return any(checkpoint.read_state(p)["step"] >= step for p in checkpoint.step_folders(checkpoints))
+        return any(checkpoint_files.read_state(p)["step"] >= step for p in checkpoint_files.step_folders(checkpoints))
 
     def wait_for(checkpoints: Path, deadline: float) -> None:
         while not reached(checkpoints) and time.monotonic() < deadline:

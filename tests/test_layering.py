@@ -70,7 +70,7 @@ def test_the_graph_sees_the_imports_it_checks():
     graph = import_graph()
     # One import of each kind the walk must see: top level, `from pkg import module`, inside a function.
     assert "launcher.context" in graph["launcher.cli"]
-    assert "trainer.checkpoint" in graph["launcher.resume"]
+    assert "trainer.checkpoint_files" in graph["launcher.resume"]
     assert "launcher.watch" in graph["launcher.cli"]
 
 
@@ -93,3 +93,31 @@ def test_the_laptop_cli_loads_no_torch():
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[]"
+
+
+HEAVY = ("torch", "accelerate", "safetensors", "transformers", "datasets")
+
+
+def heavy_imports(module: str) -> set[str]:
+    path = REPO / (module.replace(".", "/") + ".py")
+    path = path if path.is_file() else REPO / module.replace(".", "/") / "__init__.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found & set(HEAVY)
+
+
+def test_nothing_the_launcher_reaches_imports_torch_even_lazily():
+    """`pull`, `up --resume` and the rest run on a laptop: no path through the launcher's modules, a
+    function-level import included, reaches a module that imports torch (or accelerate, datasets ...)."""
+    graph = import_graph()
+    reached, todo = set(), [m for m in graph if m.startswith("launcher")]
+    while todo:
+        if (m := todo.pop()) not in reached:
+            reached.add(m)
+            todo += graph[m]
+    assert "jobs.report" in reached and "trainer.checkpoint_files" in reached  # pull and resume are walked
+    assert {m: sorted(heavy_imports(m)) for m in sorted(reached) if heavy_imports(m)} == {}

@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import REPO, tiny_config
 from trainer.config import ConfigError
-from trainer.evaluate import read_metrics
+from trainer.metrics import read_metrics
 from trainer.train import train
 
 

@@ -16,8 +16,9 @@ import torch
 from badinput import snapshot
 from conftest import REPO, VOCAB, tiny_config
 from trainer import checkpoint
+from trainer import checkpoint_files
 from trainer.checks import SanityCheckError
-from trainer.evaluate import read_metrics
+from trainer.metrics import read_metrics
 from trainer.train import lr_factor, train
 
 
@@ -46,12 +47,12 @@ def test_keeps_last_k_checkpoints_and_skips_ones_cut_short(workdir):
     names = sorted(p.name for p in (res.run_dir / "checkpoints").iterdir())
     assert names == ["best", "final", "step_000008", "step_000010"]
     ckpts = res.run_dir / "checkpoints"
-    assert checkpoint.latest(ckpts).name == "final"
+    assert checkpoint_files.latest(ckpts).name == "final"
     # copies cut short (a pull from a lost instance keeps half a file): the sizes in state.json tell
     for name in ("final", "step_000010"):
         with open(ckpts / name / "optimizer.pt", "r+b") as f:
             f.truncate(100)
-    assert checkpoint.latest(ckpts).name == "step_000008"
+    assert checkpoint_files.latest(ckpts).name == "step_000008"
 
 
 def test_resume_is_exact(workdir):
@@ -65,8 +66,8 @@ def test_resume_is_exact(workdir):
     assert sorted(b) == list(range(1, 11))
     for s in range(1, 11):
         assert abs(a[s] - b[s]) < 1e-6, (s, a[s], b[s])
-    wa = checkpoint.read_state(straight.run_dir / "checkpoints" / "final")
-    wb = checkpoint.read_state(second.run_dir / "checkpoints" / "final")
+    wa = checkpoint_files.read_state(straight.run_dir / "checkpoints" / "final")
+    wb = checkpoint_files.read_state(second.run_dir / "checkpoints" / "final")
     assert wa["tokens"] == wb["tokens"]
 
 
@@ -96,7 +97,7 @@ def test_a_checkpoint_whose_pickle_would_run_code_is_refused_with_one_line(workd
     state = json.loads((ckpt / "state.json").read_text())
     state["files"]["trainer_state.pt"] = (ckpt / "trainer_state.pt").stat().st_size
     (ckpt / "state.json").write_text(json.dumps(state))
-    assert checkpoint.is_complete(ckpt) and checkpoint.latest(ckpt.parent) == ckpt
+    assert checkpoint_files.is_complete(ckpt) and checkpoint_files.latest(ckpt.parent) == ckpt
 
     before = snapshot(ckpt.parent)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -117,8 +118,8 @@ def test_sigterm_saves_and_stops(workdir):
     res = train(cfg)
     timer.cancel()
     assert res.state == "stopped" and 0 < res.step < 100000
-    ckpt = checkpoint.latest(res.run_dir / "checkpoints")
-    assert checkpoint.read_state(ckpt)["step"] == res.step
+    ckpt = checkpoint_files.latest(res.run_dir / "checkpoints")
+    assert checkpoint_files.read_state(ckpt)["step"] == res.step
 
 
 def test_overfit_check_fails_on_a_model_that_cannot_learn(workdir):
@@ -156,7 +157,7 @@ def test_bf16_and_compile_path_trains(workdir):
     run = workdir / "runs" / "smoke"
     losses = train_losses(run)
     assert all(math.isfinite(v) for v in losses.values()) and losses[6] < losses[1]
-    assert checkpoint.read_state(run / "checkpoints" / "final")["step"] == 6
+    assert checkpoint_files.read_state(run / "checkpoints" / "final")["step"] == 6
 
 
 def test_samples_keep_the_space_before_the_continuation(workdir):

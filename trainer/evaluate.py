@@ -1,4 +1,4 @@
-"""Validation loss and bits per byte on fixed windows, `eval.json`, and the loss plot.
+"""Validation loss and bits per byte on fixed windows, and `eval.json`.
 
 Bits per byte is the val loss spread over the UTF-8 bytes the scored tokens
 decode to: unlike a loss or perplexity it does not depend on the tokenizer,
@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
 import torch
 
 from trainer.data import TokenData
-from trainer.fileio import read_jsonl
 
 
 @torch.no_grad()
@@ -79,37 +77,6 @@ def val_bytes_per_token(sp: spm.SentencePieceProcessor, data: TokenData, n_windo
 def bits_per_byte(loss: float, bytes_per_token: float | None) -> float | None:
     """Nats per token -> bits per byte (None when the tokenizer, and so the byte count, is unknown)."""
     return None if bytes_per_token is None else loss / math.log(2) / bytes_per_token
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    return read_jsonl(Path(run_dir) / "metrics.jsonl")
-
-
-def plot_metrics(run_dir: str | Path) -> Path | None:
-    """loss.png: train and val loss against tokens, and tokens/s against steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics(run_dir)
-    train = [r for r in rows if r.get("kind") == "train"]
-    if not train:
-        return None
-    evals = [r for r in rows if r.get("kind") == "eval"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot([r["tokens"] / 1e6 for r in train], [r["loss"] for r in train], label="train", lw=1)
-    if evals:
-        ax1.plot([r["tokens"] / 1e6 for r in evals], [r["val_loss"] for r in evals], "o-", label="val")
-    ax1.set(xlabel="tokens (M)", ylabel="loss", title="loss")
-    ax1.legend()
-    ax2.plot([r["step"] for r in train], [r["tokens_per_s"] for r in train], lw=1)
-    ax2.set(xlabel="step", ylabel="tokens/s", title="throughput")
-    fig.tight_layout()
-    out = Path(run_dir) / "loss.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
 
 
 def eval_summary(loss: float, bytes_per_token: float | None, step: int, tokens: int, samples: list[tuple[str, str]],

@@ -24,13 +24,14 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from trainer import checkpoint, tracking
+from trainer import checkpoint, checkpoint_files, tracking
 from trainer.checks import append_samples, load_tokenizer, overfit_check, samples
 from trainer.build import build_training, device_name
 from trainer.config import Config, TrainConfig, to_dict
 from trainer.data import TokenData
 from trainer.errors import UserError
-from trainer.evaluate import bits_per_byte, plot_metrics, val_bytes_per_token, val_loss
+from trainer.evaluate import bits_per_byte, val_bytes_per_token, val_loss
+from trainer.metrics import plot_metrics
 from trainer.gpus import peak_flops
 from trainer.model import Llama
 from trainer.units import fmt_duration
@@ -115,7 +116,7 @@ def train(
 
     step, tokens, best = 0, 0, math.inf
     if resume:
-        folder = checkpoint.latest(ckpt_dir) if resume == "latest" else Path(resume)
+        folder = checkpoint_files.latest(ckpt_dir) if resume == "latest" else Path(resume)
         if folder is None or not folder.is_dir():
             raise UserError(f"--resume: no checkpoint found at {folder or ckpt_dir}")
         state = checkpoint.load(folder, raw, optimizer, scheduler)
@@ -167,7 +168,7 @@ def train(
                 "time": time.time(),
             }
             checkpoint.save(ckpt_dir / name, raw, optimizer, scheduler, state)
-            checkpoint.prune(ckpt_dir, t.keep_last)
+            checkpoint_files.prune(ckpt_dir, t.keep_last)
             if on_checkpoint:
                 on_checkpoint(ckpt_dir / name)
         accelerator.wait_for_everyone()
