@@ -28,13 +28,12 @@ from trainer.units import fmt_duration, fmt_tokens
 app = typer.Typer(
     help="Train a Llama-style model from raw text: tokenizer, data, benchmark, train, eval, export.",
     epilog=(
-        "Try it on this machine: [bold]jobs demo-corpus && jobs pipeline --smoke[/]. "
-        "On a GPU: [bold]jobs sync-data pull && jobs pipeline[/]. "
+        "Try it on this machine: jobs demo-corpus && jobs pipeline --smoke. "
+        "On a GPU: jobs sync-data pull && jobs pipeline. "
         "Every job takes --config FILE and --set key=value; each writes runs/<run>/job.json."
     ),
     no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,  # plain help, as click-based CLIs print it (no <bool> beside a flag)
 )
 
 
@@ -50,9 +49,9 @@ def print_version(show: bool) -> None:
 def _options(_: Annotated[bool, typer.Option("--version", callback=print_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
     pass
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: configs/train.yaml).")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", metavar="FILE", help="YAML config (default: configs/train.yaml).")]
 SetOpt = Annotated[
-    Optional[list[str]], typer.Option("--set", "-s", help="Override a key: [bold]--set train.lr=3e-4[/] (repeatable).")
+    Optional[list[str]], typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a key: --set train.lr=3e-4 (repeatable).")
 ]
 SmokeOpt = Annotated[bool, typer.Option("--smoke", help="The tiny CPU config (configs/smoke.yaml) in its own run folder.")]
 

@@ -81,3 +81,16 @@ def test_help_shows_choices_and_no_python_types(tmp_path, command):
     if command == ["up"]:
         assert "--provider <vast|colab|ssh>" in proc.stdout
         assert "--job <train|pipeline|tokenizer|prepare|benchmark|eval|export>" in proc.stdout
+
+
+def test_jobs_help_shows_no_python_types(tmp_path):
+    """The host's CLI too: every command's help, as plain click help (no <bool> on a flag, no <list[str]>)."""
+    from jobs.runner import app
+
+    commands = [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]
+    assert {"train", "sync-data", "status", "idle-stop"} <= set(commands)
+    for command in [[], *([c] for c in commands)]:
+        proc = subprocess.run([sys.executable, "-m", "jobs.runner", *command, "--help"], cwd=tmp_path, capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120"}, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert "<bool>" not in proc.stdout and "<list" not in proc.stdout and "[bold]" not in proc.stdout, proc.stdout

@@ -251,8 +251,9 @@ def test_vast_up_status_logs_pull_down(world, capfd):
     assert "train succeeded" in out and "step 12" in out and "val_loss 1.2345" in out and "running" in out
 
     local = world.tmp / "local-runs" / "smoke"
-    _, err = world.cli(capfd, "pull")
+    out, err = world.cli(capfd, "pull")
     assert "via rsync" in err
+    assert "" not in (out + err).rstrip("\n").split("\n")  # off a terminal: no progress redraws, no blank lines
     ckpts = sorted(p.name for p in (local / "checkpoints").iterdir())
     assert ckpts == ["best", "step_000012"]  # latest, and best
     assert (local / "checkpoints" / "best" / "model.safetensors").stat().st_size == 300_000
@@ -470,8 +471,9 @@ def test_plain_ssh_through_an_ssh_config_entry_and_sftp_pull(world, capfd):
     rec = world.state.get("default")
     assert (rec.ssh.host, rec.ssh.port, rec.ssh.key_file) == ("127.0.0.1", world.relay.port, key)
     world.wait_job_state("smoke", ("succeeded",))
-    _, err = world.cli(capfd, "pull")
+    out, err = world.cli(capfd, "pull")
     assert "via sftp" in err
+    assert "" not in (out + err).rstrip("\n").split("\n")
     local = world.tmp / "local-runs" / "smoke"
     assert (local / "checkpoints" / "step_000006" / "model.safetensors").stat().st_size == 300_000
     assert (local / "checkpoints" / "best" / "state.json").is_file()

@@ -142,6 +142,7 @@ def test_budget_guard_stops_the_run_with_a_checkpoint_then_watch_pulls_reports_a
         cutter.join()
     assert time.monotonic() - t0 < 30
     assert "job train stopped" in err and "budget guard stopped it" in err and "destroyed" in err
+    assert "" not in err.rstrip("\n").split("\n")  # off a terminal: no progress redraws, no blank lines
     local = world.tmp / "local-runs" / "smoke"
     budget = json.loads((local / "budget.json").read_text())
     assert budget["reason"] == "max_cost reached" and budget["max_cost"] == 0.0004 and budget["hourly_rate"] == 0.3
