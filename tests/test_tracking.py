@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -52,8 +53,9 @@ def test_training_writes_tensorboard_events_by_step_and_by_tokens(workdir):
     assert [v for _, v in scalars["tokens"]][-1] == res.tokens
 
 
-def wandb_history(path: Path) -> list[dict[str, float]]:
-    """The history rows of an offline W&B run file.
+def wandb_history(path: Path) -> list[dict[str, float]] | None:
+    """The history rows of an offline W&B run file; None until its `exit` record is written (W&B's own
+    process writes the file and may finish it a moment after `finish()` returns on a busy machine).
 
     The file is W&B's 7-byte header (":W&B", magic, version) and then a LevelDB log: 32 KiB blocks of
     records (crc32, length, type: 1 full, 2 first, 3 middle, 4 last) holding protobuf `Record`s
@@ -63,7 +65,7 @@ def wandb_history(path: Path) -> list[dict[str, float]]:
 
     data = path.read_bytes()
     assert data[:4] == b":W&B"
-    rows, pos, part = [], 7, b""
+    rows, pos, part, ended = [], 7, b"", False
     while pos + 7 <= len(data):
         left = 32768 - pos % 32768
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
@@ -78,7 +80,8 @@ def wandb_history(path: Path) -> list[dict[str, float]]:
             part = b""
             if rec.WhichOneof("record_type") == "history":
                 rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
-    return rows
+            ended |= rec.WhichOneof("record_type") == "exit"
+    return rows if ended else None
 
 
 def test_wandb_runs_offline_beside_tensorboard(workdir, monkeypatch):
@@ -91,7 +94,10 @@ def test_wandb_runs_offline_beside_tensorboard(workdir, monkeypatch):
     runs = list((res.run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((res.run_dir / "wandb").iterdir())
     (run_file,) = runs[0].glob("run-*.wandb")
-    history = wandb_history(run_file)
+    deadline = time.monotonic() + 60
+    while (history := wandb_history(run_file)) is None:
+        assert time.monotonic() < deadline, "W&B never finished its run file"
+        time.sleep(0.5)
     trains = [r for r in read_metrics(res.run_dir) if r["kind"] == "train"]
     logged = [h for h in history if "train/loss" in h]
     assert [h["_step"] for h in logged] == [r["step"] for r in trains] == [1, 2, 3, 4]
