@@ -10,12 +10,15 @@ from trainer.errors import UserError
 
 
 def check_train_inputs(cfg: JobConfig, start: str | None) -> None:
-    """Everything training reads, checked before anything on disk changes: the data, the
-    tokenizer, and the checkpoint to resume from (whole, as `latest` would take it)."""
+    """Everything training reads, checked before anything on disk changes: the trackers (before the
+    benchmark, not after it), the data, the tokenizer, and the checkpoint to resume from (whole, as
+    `latest` would take it)."""
     from trainer import checkpoint_files
     from trainer.checks import load_tokenizer
     from trainer.data import TokenData
+    from trainer.tracking import tracker_kwargs
 
+    tracker_kwargs(cfg, run_dir(cfg))  # an unknown or uninstalled tracker is a ConfigError
     data = TokenData(cfg.data.dir, cfg.model.vocab_size, cfg.model.seq_len)
     load_tokenizer(cfg.data.tokenizer, cfg.model.vocab_size, data.meta, cfg.data.allow_unknown_tokenizer)
     ckpts = run_dir(cfg) / "checkpoints"

@@ -133,6 +133,7 @@ JOBS = [
     Case("log-interval-0", [*SMOKE, "--set", "train.log_interval=0"], "'train.log_interval' must be >= 1"),
     Case("lr-nan", [*SMOKE, "--set", "train.lr=.nan"], "'train.lr' must be finite"),
     Case("run-name-escapes-runs", [*SMOKE, "--set", "train.run_name=../x"], "run_name '../x' is not a plain name"),
+    Case("tracker-unknown", [*SMOKE, "--set", "train.report_to=[tensorbored]"], "unknown tracker 'tensorbored'"),
     Case("seed-negative", [*SMOKE, "--set", "train.seed=-1"], "'train.seed' must be >= 0"),
     Case("beta2-1", [*SMOKE, "--set", "train.beta2=1"], "'train.beta2' must be >= 0 and < 1"),
     Case("top-p-0", [*SMOKE, "--set", "train.sample.top_p=0"], "'train.sample.top_p' must be > 0 and <= 1"),
