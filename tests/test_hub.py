@@ -285,3 +285,21 @@ def test_push_of_data_of_unknown_tokenizer_will_not_add_a_tokenizer(prepared, se
     with pytest.raises(UserError, match="records no tokenizer for its ids"):
         hub.push(cfg)
     assert "datasets/team/copy" not in server.repos
+
+
+def test_a_staged_link_is_refused_not_followed(tmp_path):
+    """The Hub's tree lists no links and hf_hub_download writes plain files; should a link ever be staged
+    (a future client, a hand-made staging folder), it is refused before a byte of its target is read as data."""
+    from huggingface_hub.hf_api import RepoFile
+
+    from hub_server import tree_entry
+    from jobs.hub import _scan
+    from trainer.errors import DataError
+
+    data = np.zeros(8, dtype=np.uint16).tobytes()
+    (tmp_path / "outside.bin").write_bytes(data)  # the very bytes the listing vouches for
+    (tmp_path / "train.bin").symlink_to(tmp_path / "outside.bin")
+    listed = RepoFile(**tree_entry("train.bin", data))
+    with pytest.raises(DataError, match="train.bin is not a plain file"):
+        _scan(tmp_path / "train.bin", "train.bin", listed)
+    assert _scan(tmp_path / "outside.bin", "train.bin", listed)[1] is False  # the same bytes, as a plain file, pass
