@@ -336,9 +336,7 @@ def logs(
 ) -> None:
     """The job's log (or another session's); -f follows it until it ends."""
     ctx = setup(launcher_config, opt, name)
-    rec = ctx.record()
-    if rec.job is None:
-        raise UserError(f"no job was started on {rec.name!r}")
+    rec = ctx.job_record()
     session = job.value if job else rec.job.session
     remote = open_log(ctx, rec, session)
     if not follow:
@@ -361,9 +359,7 @@ def exec_(
 ) -> None:
     """Run another `jobs` command on the live host beside the job, in a tmux session of its own."""
     ctx = setup(launcher_config, opt, name)
-    rec = ctx.record()
-    if rec.job is None:
-        raise UserError(f"no job was started on {rec.name!r}: `launcher up` first")
+    rec = ctx.job_record()
     start_beside(ctx, rec, job.value)
     name_flag = "" if ctx.name == ctx.cfg.name else f" -n {ctx.name}"
     console.print(f"[green]started[/] `{job.value}` in tmux session {job.value!r} beside {rec.job.session!r}; "

@@ -29,6 +29,13 @@ class Ctx:
             raise UserError(f"no deployment named {self.name!r} (known: {known}); `launcher up` first")
         return rec
 
+    def job_record(self) -> Record:
+        """The deployment's record, which must have a job started on it."""
+        rec = self.record()
+        if rec.job is None:
+            raise UserError(f"no job was started on {rec.name!r}: `launcher up` first")
+        return rec
+
 
 def setup(launcher_config: Path | None, opts: list[str] | None, name: str | None) -> Ctx:
     cfg = load_launcher_config(launcher_config, opts or [])

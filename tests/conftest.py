@@ -86,6 +86,16 @@ def vast(tmp_path, monkeypatch):
     stand_in.close()
 
 
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    """A Vast stand-in whose instances are a real sshd and tmux (`World` in test_launcher_host.py)."""
+    from test_launcher_host import World
+
+    w = World(tmp_path, monkeypatch)
+    yield w
+    w.close()
+
+
 def vast_provider(**cfg):
     """A VastProvider with fast polling, for the stand-in."""
     from launcher.config import VastConfig

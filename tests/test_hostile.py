@@ -23,18 +23,10 @@ import pytest
 from badinput import assert_refused, snapshot
 from conftest import run_launcher
 from launcher.remote import Remote, rsync_pull, sftp_pull
-from test_launcher_host import REPO, TOKEN, World, client_key
+from test_launcher_host import REPO, TOKEN, World, client_key, needs_sshd
 from trainer.errors import UserError
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists(),
-                                reason="needs root (the stand-in's instances log in as root) and openssh-server")
-
-
-@pytest.fixture
-def world(tmp_path, monkeypatch):
-    w = World(tmp_path, monkeypatch)
-    yield w
-    w.close()
+pytestmark = needs_sshd
 
 
 def configure(world: World, **pull) -> None:

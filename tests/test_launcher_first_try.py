@@ -19,20 +19,12 @@ import pytest
 
 from badinput import assert_refused, snapshot
 from launcher.config import VastConfig
-from test_launcher_host import World
+from test_launcher_host import World, needs_sshd
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = "import sys; sys.argv[0] = 'launcher'; from launcher.cli import main; main()"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists(),
-                                reason="needs root (the stand-in's instances log in as root) and openssh-server")
-
-
-@pytest.fixture
-def world(tmp_path, monkeypatch):
-    w = World(tmp_path, monkeypatch)
-    yield w
-    w.close()
+pytestmark = needs_sshd
 
 
 def host_python(world: World) -> Path:

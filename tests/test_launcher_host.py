@@ -36,8 +36,9 @@ TOKEN = "hf_SECRETtoken1234567890abcdef"
 VAST_KEY = "vast-SECRET-key-0987654321"
 CONTAINER_KEY = "vast-container-key-for-one-instance"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists(),
+needs_sshd = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists(),
                                 reason="needs root (the stand-in's instances log in as root) and openssh-server")
+pytestmark = needs_sshd
 
 # A stand-in for the `jobs` CLI that keeps the host contract: job.json, metrics.jsonl, checkpoints.
 FAKE_JOBS = r'''
@@ -176,13 +177,6 @@ class World:
         self.relay.close()
         self.vast.close()
         self.sshd.stop()
-
-
-@pytest.fixture
-def world(tmp_path, monkeypatch):
-    w = World(tmp_path, monkeypatch)
-    yield w
-    w.close()
 
 
 def client_key(world: World) -> str:

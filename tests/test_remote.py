@@ -6,7 +6,6 @@ Nothing here talks to anything but 127.0.0.1, and every wait is bounded.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -19,11 +18,9 @@ from launcher.providers.ssh import SshProvider
 from launcher.remote import Remote
 from launcher.state import Record, SSHTarget, State
 from sshd import Sshd
-from test_launcher_host import REPO, World, client_key
+from test_launcher_host import REPO, World, client_key, needs_sshd
 from trainer.errors import UserError
 
-needs_sshd = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists(),
-                                reason="needs root (the hosts log in as root) and openssh-server")
 
 
 @pytest.fixture
