@@ -1,10 +1,14 @@
 """Data-prep speed on this machine, in one run (a measurement, never a timed test).
 
 - prepare: the whole `jobs prepare` on the demo corpus (read, clean, filter, MinHash, dedup,
-  tokenize, write), MB/s and documents/s with one process and with one per core, and the ratio
-- MinHash: our signatures against datasketch's own batch path (`MinHash.bulk` over each
-  document's shingles, its default hash), signatures/s, the ratio, and how well each estimates
-  the Jaccard similarity of document pairs whose true similarity is known
+  tokenize, write), MB/s and documents/s with one process and with one per core, and the ratio.
+  The corpus is read 12 times over (about 13 s on one core): a real prepare runs for hours, and in
+  a 4 s run the start of the worker processes (about 0.2 s, while the main process fills its
+  shuffle buffers) would be most of what it measures
+- MinHash: our signatures (with each document's exact key, which datasketch does not make) against
+  datasketch's own batch path (`MinHash.bulk` over each document's shingles, its default hash),
+  signatures/s, the ratio, and how well each estimates the Jaccard similarity of document pairs
+  whose true similarity is known
 
 Both ratios are taken within this one run, so a machine busy with other work slows both sides.
 
@@ -18,20 +22,20 @@ import contextlib
 import io
 import os
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import yaml
-from datasketch import MinHash
 
 from jobs.config import DedupConfig, JobConfig
-from jobs.prepare.dedup import normalize, signatures
+from jobs.prepare.minhash import normalize, sketch
 from trainer.config import load_config
 
 # prepare's worker processes import this script again (multiprocessing's spawn): what only the main
-# process needs (`datasets` above all) is imported inside the functions, as `jobs prepare` does it.
+# process needs (`datasets` and datasketch) is imported inside the functions, as `jobs prepare` does it.
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,14 +50,10 @@ def timed(fn, repeat: int = 3) -> float:
     return best
 
 
-def demo_config(tmp: Path, workers: int, passes: int = 1) -> JobConfig:
-    """The demo corpus read `passes` times over (as more sources): the repeats cost the same work up to
-    the dedup, which then drops them; the start of the worker processes counts for less."""
-    raw = tmp / "raw"
+def demo_config(tmp: Path, raw: Path, workers: int) -> JobConfig:
+    """A mix of the three sources in `raw`, as configs/train.yaml has them."""
     sources = [
-        {"name": f"{kind}{k}", "type": "local", "kind": kind, "data_files": [f"{raw}/{kind}/{pattern}"],
-         "weight": weight}
-        for k in range(passes)
+        {"name": kind, "type": "local", "kind": kind, "data_files": [f"{raw}/{kind}/{pattern}"], "weight": weight}
         for kind, pattern, weight in (("c4", "*.json.gz", 0.3), ("wikipedia", "*.parquet", 0.45),
                                       ("gutenberg", "*.parquet", 0.25))
     ]
@@ -62,7 +62,19 @@ def demo_config(tmp: Path, workers: int, passes: int = 1) -> JobConfig:
         f"data.tokenizer={tmp / 'tokenizer' / 'spm.model'}",
         f"prepare.num_workers={workers}",
         f"prepare.sources={yaml.safe_dump(sources, default_flow_style=True).strip()}",
+        "prepare.checkpoint_docs=20000",  # as configs/train.yaml: the smoke config checkpoints every 100 to test it
     ])
+
+
+def shard_copies(raw: Path, out: Path, passes: int) -> Path:
+    """Each shard of `raw` `passes` times over, as more shards of the same sources: the copies cost
+    the same work up to the dedup, which then drops them, and the fixed costs (starting the worker
+    processes, opening each source) weigh as little as they would on a real corpus of many shards."""
+    for shard in sorted(raw.glob("*/*")):
+        (out / shard.parent.name).mkdir(parents=True, exist_ok=True)
+        for k in range(passes):
+            shutil.copyfile(shard, out / shard.parent.name / f"{k}-{shard.name}")
+    return out
 
 
 def bench_prepare(tmp: Path, passes: int) -> None:
@@ -74,12 +86,12 @@ def bench_prepare(tmp: Path, passes: int) -> None:
     cores = os.cpu_count() or 1
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         build_demo_corpus(tmp / "raw")
-        train_tokenizer(demo_config(tmp, 1))
-    cfg1 = demo_config(tmp, 1, passes)
-    mb = sum(len(text.encode()) for _, text in documents(cfg1.prepare)) / 1e6
+        train_tokenizer(demo_config(tmp, tmp / "raw", 1))
+    raw = shard_copies(tmp / "raw", tmp / "copies", passes)
+    mb = sum(len(text.encode()) for _, text in documents(demo_config(tmp, raw, 1).prepare)) / 1e6
     rates = {}
     for workers in (1, cores):
-        cfg = demo_config(tmp, workers, passes)
+        cfg = demo_config(tmp, raw, workers)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             start = time.perf_counter()
             meta = run_prepare(cfg)
@@ -105,9 +117,13 @@ def edited(text: str, rng: random.Random, fraction: float) -> str:
 
 
 def bench_minhash(texts: list[str]) -> None:
+    from datasketch import MinHash
+
+    from jobs.prepare.dedup import permutations
+
     cfg = DedupConfig()
-    n = cfg.shingle_words
-    ours = timed(lambda: signatures(texts, cfg))
+    n, perms = cfg.shingle_words, permutations(cfg)
+    ours = timed(lambda: sketch(texts, n, perms))
 
     def datasketch_bulk():
         return MinHash.bulk([shingle_set(t, n) for t in texts], num_perm=cfg.num_perm, seed=cfg.seed)
@@ -124,7 +140,7 @@ def bench_minhash(texts: list[str]) -> None:
     for a, b in pairs:
         sa, sb = shingle_set(a, n), shingle_set(b, n)
         true = len(sa & sb) / len(sa | sb)
-        sig = signatures([a, b], cfg)
+        _, sig = sketch([a, b], n, perms)
         err["ours"].append(abs(np.mean(sig[0] == sig[1]) - true))
         ma, mb = MinHash.bulk([sa, sb], num_perm=cfg.num_perm, seed=cfg.seed)
         err["datasketch"].append(abs(ma.jaccard(mb) - true))
@@ -137,11 +153,11 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=int, default=400, help="documents for the MinHash comparison")
-    ap.add_argument("--passes", type=int, default=4, help="times prepare reads the demo corpus")
+    ap.add_argument("--passes", type=int, default=12, help="times prepare reads the demo corpus")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         bench_prepare(Path(tmp), args.passes)
-        cfg = demo_config(Path(tmp), 1)
+        cfg = demo_config(Path(tmp), Path(tmp) / "raw", 1)
         texts = [t for _, t in documents(cfg.prepare)][: args.docs]
         bench_minhash(texts)
 

@@ -72,13 +72,13 @@ def tokenizer_is_valid(cfg: JobConfig) -> bool:
     return meta.get("sha256") == sha256_file(model) and meta.get("vocab_size") == cfg.vocab_size
 
 
-def sample_sentences(cfg: JobConfig, stats: dict) -> Iterator[str]:
+def sample_sentences(cfg: JobConfig, stats: dict, streams: list | None = None) -> Iterator[str]:
     """Cleaned, filtered text from the mix, in pieces SentencePiece accepts, up to sample_chars."""
     tcfg, pcfg = cfg.tokenizer, cfg.prepare
     kinds = {s.name: s.kind for s in pcfg.sources}
     max_chars = tcfg.max_sentence_length // 4  # UTF-8 is at most 4 bytes a character
     with progress(total=tcfg.sample_chars, unit="char", unit_scale=True, desc="tokenizer sample") as bar:
-        for source, raw in documents(pcfg):
+        for source, raw in documents(pcfg, streams):
             text = clean(raw, kinds[source], pcfg.filters)
             for piece in chunk(text, pcfg.filters.common.max_chars):
                 kept = judge(piece, kinds[source], pcfg.filters).text
@@ -127,7 +127,7 @@ def train_tokenizer(cfg: JobConfig) -> Path:
     """Train spm.model / spm.vocab / tokenizer_meta.json into cfg.data.tokenizer's folder; returns the model path."""
     tcfg = cfg.tokenizer
     model, vocab, meta_path = tokenizer_paths(cfg)
-    check_sources(cfg.prepare)  # before anything is written
+    streams = check_sources(cfg.prepare)  # before anything is written
     model.parent.mkdir(parents=True, exist_ok=True)
     tmp = model.parent / f".spm-tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -135,7 +135,7 @@ def train_tokenizer(cfg: JobConfig) -> Path:
     stats = {"documents": 0, "chars": 0}
     start = time.time()
     try:
-        _train(cfg, sample_sentences(cfg, stats), tmp / "spm")
+        _train(cfg, sample_sentences(cfg, stats, streams), tmp / "spm")
         meta = {
             "vocab_size": cfg.vocab_size,
             "special_ids": SPECIAL_IDS,

@@ -9,6 +9,7 @@ each kind of junk must be rejected by the rule meant for it, and by no earlier o
 from __future__ import annotations
 
 import random
+import re
 import textwrap
 from collections import Counter
 
@@ -17,6 +18,7 @@ import pytest
 from data_fixtures import book, c4_style_pages, held_out_sentences, paragraph, passes_c4_line_rules
 from jobs.config import FiltersConfig, PrepareConfig, SourceConfig
 from jobs.demo_corpus import gutenberg_text, write_c4, write_pg19, write_wikipedia
+from jobs.prepare import chars as C
 from jobs.prepare import filters as F
 from jobs.prepare.sources import documents
 
@@ -352,6 +354,20 @@ def test_weird_ratio_counts_symbols_not_accents_or_typography():
     assert F.weird_ratio("Crème brûlée — “naïve” façade, 10 € – señor Ørsted’s") == 0
     assert F.weird_ratio("\ufffd\ufffd ab") == pytest.approx(2 / 5)  # replacement characters
     assert F.weird_ratio("ab \u2603\u2764\x07") == pytest.approx(3 / 6)  # snowman, heart (So), a bell (Cc)
+
+
+def test_character_counts_equal_the_regex_counts():
+    """The filters count letters and punctuation with lookup tables: each count is the regex's own."""
+    texts = [
+        "Crème brûlée — “naïve” façade, 10 € – señor Ørsted’s (x_1) {y}!",
+        "Ⅻ ½ ² ٣ 東京タワー ǅ ß İ ﬁ",  # numerals that are not digits, CJK, title case, a ligature
+        "math 𝐀𝐁𝟏 emoji 😀 old 𐌰𐌱 lone \ud800 surrogate",  # above the BMP, and a surrogate
+        "",
+        paragraph(random.Random(0), 400),
+    ]
+    for text in texts:
+        for char_class in (C.WORD, C.LETTER, C.PUNCT):
+            assert C.count(C.code_points(text), char_class) == len(re.findall(char_class, text)), (char_class, text)
 
 
 def test_gutenberg_cleaner_strips_licence_and_contents_and_reflows():

@@ -95,6 +95,16 @@ def test_the_laptop_cli_loads_no_torch():
     assert p.stdout.strip() == "[]"
 
 
+def test_a_prepare_worker_loads_neither_datasets_nor_datasketch():
+    """Each of prepare's worker processes imports jobs.prepare.work at its start: datasets, datasketch
+    (and the scipy it pulls in) would cost every worker half a second before its first batch."""
+    code = ("import sys, jobs.prepare.work; "
+            "print(sorted(m for m in ('datasets', 'datasketch', 'scipy', 'torch') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
+
+
 HEAVY = ("torch", "accelerate", "safetensors", "transformers", "datasets")
 
 

@@ -19,7 +19,7 @@ import sentencepiece as spm
 from data_fixtures import build_corpus, make_config
 from jobs.config import PrepareConfig, SourceConfig
 from jobs.prepare import check_data, data_is_valid, run_prepare
-from jobs.prepare.dedup import shingle_hashes
+from jobs.prepare.minhash import shingle_hashes
 from jobs.prepare.sources import documents
 from jobs.prepare.write import token_dtype
 from jobs.tokenizer import sha256_file, train_tokenizer

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from jobs.config import FiltersConfig, GutenbergFilterConfig, WikipediaFilterConfig
+from jobs.prepare import chars as C
 
 # --- measures ---------------------------------------------------------------------
 
@@ -34,20 +35,14 @@ from jobs.config import FiltersConfig, GutenbergFilterConfig, WikipediaFilterCon
 _WEIRD_CATEGORIES = {"So", "Co", "Cn", "Cs", "Cc", "Cf"}
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_LETTER = re.compile(r"[^\W\d_]")
-_NON_SPACE = re.compile(r"\S")
-_PUNCT = re.compile(r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]")
+_LETTER = re.compile(C.LETTER)
 _WORD = re.compile(r"\w+")
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]\u201d\u2019]*(?=\s|$)|[\"\u201d]$", re.MULTILINE)
 _TERMINAL = (".", "!", "?", '"', "'", "\u201d", "\u2019", ")")
 
 
 def _non_space(text: str) -> int:
-    return len(_NON_SPACE.findall(text)) or 1
-
-
-def alpha_ratio(text: str) -> float:
-    return len(_LETTER.findall(text)) / _non_space(text)
+    return sum(map(len, text.split())) or 1  # str.split's whitespace is exactly `\s`
 
 
 def weird_ratio(text: str) -> float:
@@ -110,6 +105,18 @@ class Doc:
     code_lines: int = 0  # lines with a curly bracket, before the line rules
 
     @functools.cached_property
+    def chars(self) -> np.ndarray:
+        return C.code_points(self.text)
+
+    @functools.cached_property
+    def non_space(self) -> int:
+        return _non_space(self.text)
+
+    def share(self, char_class: str) -> float:
+        """The characters of a class, as a share of the non-space ones."""
+        return C.count(self.chars, char_class) / self.non_space
+
+    @functools.cached_property
     def kept_lines(self) -> list[str]:
         return [line.strip() for line in self.text.split("\n") if line.strip()]
 
@@ -150,12 +157,17 @@ def _repeat_re(n: int) -> re.Pattern:
 
 def char_repeat(line: str, cfg: FiltersConfig) -> bool:
     runs = sum(m.end() - m.start() for m in _repeat_re(cfg.common.max_char_repeat).finditer(line))
-    return runs < cfg.common.max_char_repeat_line_ratio * _non_space(line)
+    return runs < cfg.common.max_char_repeat_line_ratio * (_non_space(line) if runs else 1)
+
+
+@functools.lru_cache(maxsize=8)
+def _any_of(phrases: tuple[str, ...]) -> re.Pattern:
+    """One search for any of the phrases, as a substring (a loop of `in` costs a Python step per phrase)."""
+    return re.compile("|".join(map(re.escape, phrases)) or "(?!)")
 
 
 def boilerplate(line: str, cfg: FiltersConfig) -> bool:
-    lower = line.lower()
-    return not any(phrase in lower for phrase in cfg.common.boilerplate)
+    return not _any_of(tuple(cfg.common.boilerplate)).search(line.lower())
 
 
 _NAV_LINE = re.compile(
@@ -209,8 +221,7 @@ def min_length(doc: Doc, cfg: FiltersConfig) -> bool:
 
 
 def placeholder(doc: Doc, cfg: FiltersConfig) -> bool:
-    lower = doc.text.lower()
-    return not any(phrase in lower for phrase in cfg.common.placeholder)
+    return not _any_of(tuple(cfg.common.placeholder)).search(doc.text.lower())
 
 
 def code(doc: Doc, cfg: FiltersConfig) -> bool:
@@ -255,7 +266,7 @@ def dup_ngrams(doc: Doc, cfg: FiltersConfig) -> bool:
 
 
 def min_alpha(doc: Doc, cfg: FiltersConfig) -> bool:
-    return alpha_ratio(doc.text) >= cfg.common.min_alpha_ratio
+    return doc.share(C.LETTER) >= cfg.common.min_alpha_ratio
 
 
 def symbol_ratio(doc: Doc, cfg: FiltersConfig) -> bool:
@@ -284,16 +295,21 @@ def line_structure(doc: Doc, cfg: FiltersConfig) -> bool:
 
 
 def c4_alpha(doc: Doc, cfg: FiltersConfig) -> bool:
-    return alpha_ratio(doc.text) >= cfg.c4.min_alpha_ratio
+    return doc.share(C.LETTER) >= cfg.c4.min_alpha_ratio
 
 
 def c4_punctuation(doc: Doc, cfg: FiltersConfig) -> bool:
-    return len(_PUNCT.findall(doc.text)) <= cfg.c4.max_punct_ratio * _non_space(doc.text)
+    return doc.share(C.PUNCT) <= cfg.c4.max_punct_ratio
+
+
+@functools.lru_cache(maxsize=8)
+def _keyword_res(keywords: tuple[str, ...]) -> list[re.Pattern]:
+    return [re.compile(r"\b%s\b" % re.escape(k)) for k in keywords]
 
 
 def c4_junk_keywords(doc: Doc, cfg: FiltersConfig) -> bool:
     lower = doc.text.lower()
-    hits = sum(len(re.findall(r"\b%s\b" % re.escape(k), lower)) for k in cfg.c4.junk_keywords)
+    hits = sum(len(k.findall(lower)) for k in _keyword_res(tuple(cfg.c4.junk_keywords)))
     return hits <= cfg.c4.max_junk_keyword_ratio * len(doc.words)
 
 
@@ -356,7 +372,7 @@ def clean_wikipedia(text: str, p: WikipediaFilterConfig) -> str:
             break  # these sections end an article; what follows them is more of the same
         if p.strip_tables and _TABLE_LINE.search(line):
             continue
-        if p.strip_external_links:
+        if p.strip_external_links and ("://" in line or "www." in line):  # the regex is slow on long lines
             line = _URL_SENTENCE.sub("", line)
         if p.strip_references:
             line = _REF_MARK.sub("", line)

@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import multiprocessing as mp
+import os
 import signal
 import time
 from collections import Counter, defaultdict, deque
@@ -27,7 +28,8 @@ from rich.table import Table
 
 from jobs import tokenizer as tok
 from jobs.config import JobConfig
-from jobs.prepare.dedup import Deduplicator
+from jobs.prepare import minhash
+from jobs.prepare.dedup import Deduplicator, permutations
 from jobs.prepare.sources import check_sources, documents
 from jobs.prepare.work import Judged, init_worker, judge_batch
 from jobs.prepare.write import SPLITS, Checkpoint, TokenWriter, token_dtype
@@ -44,12 +46,21 @@ def _start_pool(workers: int, init_args: tuple):
     Ctrl-C reaches the whole process group, and it is the parent's to handle: a worker that died
     of it halfway through reading a task would leave the pool's queue lock held, and
     pool.terminate() would wait on that lock forever.
+
+    The workers never multiply matrices: one OpenBLAS thread each halves the CPU their start costs
+    (numpy's import starts a thread per core), at the moment the main process needs it most.
     """
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    blas = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
     try:
         return mp.get_context("spawn").Pool(workers, init_worker, init_args)
     finally:
         signal.signal(signal.SIGINT, old)
+        if blas is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = blas
 
 
 def _stop_pool(pool) -> None:
@@ -143,7 +154,7 @@ class Stats:
 def _fingerprint(cfg: JobConfig, tokenizer_sha: str) -> str:
     """What the output depends on: a checkpoint resumes only under the same one."""
     output_affecting = {k: v for k, v in asdict(cfg.prepare).items() if k not in ("num_workers", "checkpoint_docs")}
-    blob = json.dumps([output_affecting, tokenizer_sha], sort_keys=True)
+    blob = json.dumps([output_affecting, tokenizer_sha, minhash.VERSION], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -156,7 +167,7 @@ def run_prepare(cfg: JobConfig, resume: bool = False) -> dict:
     ckpt = Checkpoint(data_dir)
     fingerprint = _fingerprint(cfg, tokenizer_sha)
     state = ckpt.load(fingerprint) if resume else None
-    check_sources(pcfg)  # every input is checked before anything on disk changes
+    streams = check_sources(pcfg)  # every input is checked before anything on disk changes
     if resume and state is None:
         print("prepare: no checkpoint to resume from; starting from the beginning")
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -186,8 +197,8 @@ def run_prepare(cfg: JobConfig, resume: bool = False) -> dict:
             }
         )
 
-    stream = itertools.islice(documents(pcfg), consumed, None)  # the mix is deterministic: skip what is done
-    init_args = (pcfg, str(cfg.data.tokenizer))
+    stream = itertools.islice(documents(pcfg, streams), consumed, None)  # the mix is deterministic: skip what is done
+    init_args = (pcfg, str(cfg.data.tokenizer), permutations(pcfg.dedup))
     pool = None
     bar = progress(initial=consumed, unit="doc", desc="prepare", dynamic_ncols=True)
     last_ckpt, tokens0 = consumed, sum(writer.tokens.values())

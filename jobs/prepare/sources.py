@@ -112,11 +112,17 @@ def load_source(src: SourceConfig) -> IterableDataset:
     )
 
 
-def check_sources(cfg: PrepareConfig) -> None:
-    """Open every source and read its first record: a one-line UserError for one that is empty or unreadable."""
+def check_sources(cfg: PrepareConfig) -> list[IterableDataset]:
+    """Open every source and read its first record: a one-line UserError for one that is empty or unreadable.
+
+    Returns the opened sources for `documents`, which then reads them from their start (opening one
+    again would resolve its files again: a round trip to the Hub for a remote source).
+    """
+    streams = []
     for src in cfg.sources:
         try:
-            first = next(iter(load_source(src)), None)
+            ds = load_source(src)
+            first = next(iter(ds), None)
         except UserError:
             raise
         except Exception as e:  # a file that is not what its name says
@@ -124,17 +130,21 @@ def check_sources(cfg: PrepareConfig) -> None:
         if first is None:
             where = src.data_files if src.type == "local" else f"'{src.path}'"
             raise UserError(f"source '{src.name}': no records in {where}")
+        streams.append(ds)
+    return streams
 
 
-def documents(cfg: PrepareConfig) -> Iterator[tuple[str, str]]:
+def documents(cfg: PrepareConfig, streams: list[IterableDataset] | None = None) -> Iterator[tuple[str, str]]:
     """(source name, text) in mix order: each source buffer-shuffled, then drawn by weight.
+
+    streams: the sources as `check_sources` opened them (opened here when not given).
 
     The weighted draw is ours rather than `interleave_datasets`: that reads each
     source in a prefetch thread and then sleeps 5 s at shutdown (a pyarrow
     workaround) on every run. A drained source leaves the mix; every document
     of every source is read once.
     """
-    streams = [load_source(s) for s in cfg.sources]
+    streams = streams or [load_source(s) for s in cfg.sources]
     if cfg.shuffle_buffer > 0:
         # shard order shuffled, then a buffer; shards read one at a time (no prefetch threads, see above)
         streams = [

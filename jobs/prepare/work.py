@@ -15,8 +15,8 @@ import numpy as np
 import sentencepiece as spm
 
 from jobs.config import PrepareConfig
-from jobs.prepare.dedup import exact_key, signatures
 from jobs.prepare.filters import chunk, clean, judge
+from jobs.prepare.minhash import Permutations, sketch
 from jobs.prepare.write import token_dtype
 
 
@@ -39,11 +39,12 @@ def split_of(text: str, val_fraction: float) -> str:
 
 _CFG: PrepareConfig | None = None  # set in each worker process
 _SP: spm.SentencePieceProcessor | None = None
+_PERMS: Permutations | None = None
 
 
-def init_worker(cfg: PrepareConfig, tokenizer: str) -> None:
-    global _CFG, _SP
-    _CFG, _SP = cfg, spm.SentencePieceProcessor(model_file=tokenizer)
+def init_worker(cfg: PrepareConfig, tokenizer: str, perms: Permutations) -> None:
+    global _CFG, _SP, _PERMS
+    _CFG, _SP, _PERMS = cfg, spm.SentencePieceProcessor(model_file=tokenizer), perms
 
 
 def judge_batch(batch: list[tuple[str, str]]) -> list[Judged]:
@@ -69,10 +70,10 @@ def judge_batch(batch: list[tuple[str, str]]) -> list[Judged]:
         out.append(Judged(source, split_of(raw, cfg.val_fraction), len(pieces), rejected, lines))
         texts.append("".join(kept) if kept else None)  # the pieces end at their separators
     keep = [(j, t) for j, t in zip(out, texts) if t is not None]
-    sigs = signatures([t for _, t in keep], cfg.dedup)
+    keys, sigs = sketch([t for _, t in keep], cfg.dedup.shingle_words, _PERMS)
     ids = _SP.encode([t for _, t in keep], num_threads=1)  # one thread per worker process: no oversubscription
     dtype = token_dtype(_SP.vocab_size())
-    for (j, text), sig, doc_ids in zip(keep, sigs, ids):
-        j.key, j.sig = exact_key(text), sig
+    for (j, _), key, sig, doc_ids in zip(keep, keys, sigs, ids):
+        j.key, j.sig = key, sig
         j.tokens = np.array(doc_ids + [_SP.eos_id()], dtype=dtype)  # one EOS per document
     return out
