@@ -107,6 +107,15 @@ def test_wandb_runs_offline_beside_tensorboard(workdir, monkeypatch):
     assert val["_step"] == 4
     assert "train/loss" in tensorboard_scalars(res.run_dir)  # both trackers at once
 
+    # A resumed run (after a preemption) goes on in the same W&B run; a fresh run opens a new one.
+    settings = ("train.eval_interval=4", "train.overfit_check.enabled=false", "train.report_to=[wandb]")
+    train(tiny_config("train.max_steps=6", *settings), resume="latest")
+    train(tiny_config("train.max_steps=2", *settings))
+    runs = sorted((res.run_dir / "wandb").glob("offline-run-*"), key=lambda p: p.stat().st_mtime_ns)
+    first, resumed, fresh = (p.name.rsplit("-", 1)[1] for p in runs)
+    assert first == resumed != fresh
+    assert json.loads((res.run_dir / "tracking.json").read_text()) == {"wandb": fresh}
+
 
 def test_unknown_or_missing_tracker_is_a_config_error_before_anything_is_written(workdir):
     with pytest.raises(ConfigError, match="unknown tracker 'tensorbored'"):

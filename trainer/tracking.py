@@ -7,10 +7,15 @@ value is logged against the optimizer step, with the token count beside it
 has one x-axis per tag, also gets each value under `by_tokens/` keyed by
 tokens. Tracker credentials come from the environment (WANDB_API_KEY, ...),
 which `launcher` fills from `remote.forward_env`'s 0600 env file.
+
+A run folder keeps its W&B run id (`tracking.json`): `train --resume` after a
+preemption and `jobs eval` log into the run that training opened, not a new one.
 """
 
 from __future__ import annotations
 
+import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +24,10 @@ from accelerate.tracking import get_available_trackers
 from accelerate.utils import LoggerType, ProjectConfiguration
 
 from trainer.config import Config, ConfigError, to_dict
+from trainer.fileio import atomic_write_json, read_json
 
 PROJECT = "llm-forge"  # the W&B project, the MLflow experiment, TensorBoard's folder under tensorboard/
+RUN_IDS = "tracking.json"  # in the run folder; a fresh training run removes it
 
 
 def tracker_kwargs(cfg: Config, run_dir: Path) -> dict[str, Any]:
@@ -44,11 +51,24 @@ def start(accelerator: Accelerator, cfg: Config, run_dir: Path) -> None:
     if not accelerator.log_with:
         return
     name = cfg.train.run_name
-    accelerator.init_trackers(
-        PROJECT,
-        config=flat_config(cfg),
-        init_kwargs={"wandb": {"name": name, "dir": str(run_dir)}, "mlflow": {"run_name": name}},
-    )
+    init_kwargs: dict[str, dict] = {"mlflow": {"run_name": name}}
+    if accelerator.is_main_process and LoggerType.WANDB in accelerator.log_with:
+        init_kwargs["wandb"] = {"name": name, "dir": str(run_dir), "id": wandb_id(run_dir), "resume": "allow"}
+    accelerator.init_trackers(PROJECT, config=flat_config(cfg), init_kwargs=init_kwargs)
+
+
+def wandb_id(run_dir: Path) -> str:
+    """The run folder's W&B run id, made the first time it is asked for."""
+    path = run_dir / RUN_IDS
+    try:
+        run_id = read_json(path)["wandb"]
+        if isinstance(run_id, str) and re.fullmatch(r"[0-9a-f]{16}", run_id):
+            return run_id
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # none yet, or not one of ours: a new run
+    run_id = secrets.token_hex(8)
+    atomic_write_json(path, {"wandb": run_id})
+    return run_id
 
 
 def log(accelerator: Accelerator, values: dict[str, float | None], step: int, tokens: int) -> None:

@@ -124,8 +124,8 @@ def train(
         accelerator.print(f"resumed from {folder} at step {step} ({tokens:,} tokens)")
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("metrics.jsonl", "fixed_prompt_samples.txt"):
-            (run_dir / stale).unlink(missing_ok=True)  # a fresh run starts fresh logs
+        for stale in ("metrics.jsonl", "fixed_prompt_samples.txt", tracking.RUN_IDS):
+            (run_dir / stale).unlink(missing_ok=True)  # a fresh run starts fresh logs, and a new tracker run
         shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)  # and fresh curves
     accelerator.wait_for_everyone()
     tracking.start(accelerator, cfg, run_dir)
