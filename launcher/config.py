@@ -106,6 +106,7 @@ class PullConfig:
             "job.json",
             "jobs.jsonl",
             "budget.json",
+            "tracking.json",  # the run's W&B id, which `up --resume` sends to the next host
             "tensorboard",  # the event files: `tensorboard --logdir runs/` on the laptop
         ]
     )

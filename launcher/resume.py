@@ -55,6 +55,7 @@ def upload_run(remote: Remote, run: str, checkpoint_dir: Path) -> None:
         remote.write_file(f"{run_dir}/metrics.jsonl", kept.encode())
         # The local copy stays a prefix of the host's, so pulls keep appending just the new lines.
         atomic_write_text(local / "metrics.jsonl", kept)
-    if (local / "jobs.jsonl").is_file():  # earlier jobs' wall time counts in the report
-        remote.write_file(f"{run_dir}/jobs.jsonl", (local / "jobs.jsonl").read_bytes())
+    for name in ("jobs.jsonl", "tracking.json"):  # earlier jobs' wall time counts in the report; the W&B run goes on
+        if (local / name).is_file():
+            remote.write_file(f"{run_dir}/{name}", (local / name).read_bytes())
     console.print(f"uploaded checkpoint {checkpoint_dir.name} (step {step}, {sent / 1e6:.1f} MB) to the host")

@@ -215,8 +215,10 @@ def test_a_preempted_instance_is_destroyed_and_up_resume_continues_the_curve(wor
     spent = json.loads((local / "spent.json").read_text())["dollars"]
     assert 0 < spent < 0.01
 
+    (local / "tracking.json").write_text('{"wandb": "0123456789abcdef"}\n')  # as a W&B run's pull brings it
     _, err = world.cli(capfd, "up", "--resume", "smoke", *budget)
     assert "uploaded checkpoint step_0000" in err and "resumed" in err
+    assert (world.workdir / "runs" / "smoke" / "tracking.json").read_text() == '{"wandb": "0123456789abcdef"}\n'
     rec = world.state.get("default")
     assert rec.spent_before == spent and rec.price_per_hour == pytest.approx(2.0)  # the next offer per token: the H100
     # the new host's budget guard counts the first instance's money too: its clock starts that much earlier
