@@ -280,6 +280,19 @@ def test_local_text_files_are_one_document_each_and_a_big_vocab_is_uint32(tmp_pa
     assert token_dtype(65_535) == np.uint16 and token_dtype(65_536) == np.uint32
 
 
+def test_a_record_without_text_later_in_a_source_is_one_clear_line(tmp_path):
+    """The first record is checked up front; one further on, with a null text, stops the read by name."""
+    rows = [{"text": f"Document {i}.", "url": f"https://example.com/{i}"} for i in range(5)]
+    rows[3]["text"] = None
+    (tmp_path / "c4.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = PrepareConfig(
+        sources=[SourceConfig(name="c4", type="local", kind="c4", data_files=[str(tmp_path / "*.jsonl")])],
+        shuffle_buffer=0,
+    )
+    with pytest.raises(UserError, match=r"^source 'c4': records have no text field 'text'"):
+        list(documents(cfg))
+
+
 def _group_members(pgid: int) -> list[int]:
     """Processes still in a process group (field 5 of /proc/PID/stat)."""
     pids = []

@@ -19,7 +19,6 @@ from jobs.prepare import chars as C
 
 WORD = re.compile(r"\w+")
 KEY_BYTES = 20  # sha1 of the normalized text
-VERSION = 2  # of the keys and shingle hashes: a checkpoint's dedup log resumes only under the same one
 
 
 def normalize(text: str) -> list[str]:

@@ -28,7 +28,6 @@ from rich.table import Table
 
 from jobs import tokenizer as tok
 from jobs.config import JobConfig
-from jobs.prepare import minhash
 from jobs.prepare.dedup import Deduplicator, permutations
 from jobs.prepare.sources import check_sources, documents
 from jobs.prepare.work import Judged, init_worker, judge_batch
@@ -38,6 +37,9 @@ from trainer.errors import DataError
 from trainer.fileio import atomic_write_json, read_json
 
 META_VERSION = 1
+# Bumped when the same config and tokenizer would make other bytes (the mix's order, the dedup's keys
+# and signatures): a checkpoint resumes only under the same one.
+OUTPUT_VERSION = 3
 
 
 def _start_pool(workers: int, init_args: tuple):
@@ -154,7 +156,7 @@ class Stats:
 def _fingerprint(cfg: JobConfig, tokenizer_sha: str) -> str:
     """What the output depends on: a checkpoint resumes only under the same one."""
     output_affecting = {k: v for k, v in asdict(cfg.prepare).items() if k not in ("num_workers", "checkpoint_docs")}
-    blob = json.dumps([output_affecting, tokenizer_sha, minhash.VERSION], sort_keys=True)
+    blob = json.dumps([output_affecting, tokenizer_sha, OUTPUT_VERSION], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -9,6 +9,7 @@ touches the disk, so an empty or unreadable source is refused up front.
 
 from __future__ import annotations
 
+import bisect
 import glob
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,19 +80,18 @@ def read_error(src: SourceConfig, e: Exception) -> UserError:
 
 
 def load_source(src: SourceConfig) -> IterableDataset:
-    """One source as a stream of {"text": str, "source": name}."""
+    """One source as a stream of its records, every field of them."""
     try:
         if src.type == "local":
-            ds = _load_local(src, local_files(src))
-        else:
-            ds = load_dataset(
-                src.path,
-                src.config_name,
-                split=src.split,
-                revision=src.revision,
-                data_files=src.data_files or None,
-                streaming=True,
-            )
+            return _load_local(src, local_files(src))
+        return load_dataset(
+            src.path,
+            src.config_name,
+            split=src.split,
+            revision=src.revision,
+            data_files=src.data_files or None,
+            streaming=True,
+        )
     except UserError:
         raise
     except Exception as e:  # the datasets library's many ways to say "not found" (or a local file it cannot parse)
@@ -99,24 +99,18 @@ def load_source(src: SourceConfig) -> IterableDataset:
             raise read_error(src, e) from None
         raise UserError(f"source '{src.name}': cannot load '{src.path}': {_reason(e)}") from None
 
-    def to_record(example: dict) -> dict:
-        text = example.get(src.text_field)
-        if not isinstance(text, str):
-            raise UserError(
-                f"source '{src.name}': records have no text field '{src.text_field}' (fields: {', '.join(example)})"
-            )
-        return {"text": text, "source": src.name}
 
-    return ds.map(to_record, remove_columns=list(ds.features) if ds.features else None).select_columns(
-        ["text", "source"]
-    )
+def _no_text(src: SourceConfig, record: dict) -> UserError:
+    return UserError(f"source '{src.name}': records have no text field '{src.text_field}' (fields: {', '.join(record)})")
 
 
 def check_sources(cfg: PrepareConfig) -> list[IterableDataset]:
-    """Open every source and read its first record: a one-line UserError for one that is empty or unreadable.
+    """Open every source and read its first record: a one-line UserError for one that is empty, unreadable
+    or without its text field.
 
-    Returns the opened sources for `documents`, which then reads them from their start (opening one
-    again would resolve its files again: a round trip to the Hub for a remote source).
+    Returns each source's stream of its text field alone, for `documents`, which reads them from their
+    start (opening one again would resolve its files again: a round trip to the Hub for a remote source).
+    The other fields are dropped by Arrow, not record by record in Python.
     """
     streams = []
     for src in cfg.sources:
@@ -130,21 +124,23 @@ def check_sources(cfg: PrepareConfig) -> list[IterableDataset]:
         if first is None:
             where = src.data_files if src.type == "local" else f"'{src.path}'"
             raise UserError(f"source '{src.name}': no records in {where}")
-        streams.append(ds)
+        if not isinstance(first.get(src.text_field), str):
+            raise _no_text(src, first)
+        streams.append(ds.select_columns([src.text_field]))
     return streams
 
 
 def documents(cfg: PrepareConfig, streams: list[IterableDataset] | None = None) -> Iterator[tuple[str, str]]:
     """(source name, text) in mix order: each source buffer-shuffled, then drawn by weight.
 
-    streams: the sources as `check_sources` opened them (opened here when not given).
+    streams: the sources as `check_sources` opened them (opened and checked here when not given).
 
     The weighted draw is ours rather than `interleave_datasets`: that reads each
     source in a prefetch thread and then sleeps 5 s at shutdown (a pyarrow
     workaround) on every run. A drained source leaves the mix; every document
     of every source is read once.
     """
-    streams = streams or [load_source(s) for s in cfg.sources]
+    streams = streams if streams is not None else check_sources(cfg)
     if cfg.shuffle_buffer > 0:
         # shard order shuffled, then a buffer; shards read one at a time (no prefetch threads, see above)
         streams = [
@@ -154,16 +150,38 @@ def documents(cfg: PrepareConfig, streams: list[IterableDataset] | None = None) 
     iters = [iter(ds) for ds in streams]
     weights = np.array([s.weight for s in cfg.sources], dtype=np.float64)
     live = list(range(len(iters)))
-    rng = np.random.default_rng(cfg.seed)
-    while live:
-        i = live[rng.choice(len(live), p=weights[live] / weights[live].sum())]
+    for i in _draws(np.random.default_rng(cfg.seed), weights, live):
+        src = cfg.sources[i]
         try:
             rec = next(iters[i], None)
         except UserError:
             raise
         except Exception as e:  # a corrupt file, a dropped connection: one line that names it
-            raise read_error(cfg.sources[i], e) from None
+            raise read_error(src, e) from None
         if rec is None:
-            live.remove(i)
+            live.remove(i)  # _draws sees it gone from its next draw
             continue
-        yield rec["source"], rec["text"]
+        text = rec[src.text_field]
+        if not isinstance(text, str):
+            raise _no_text(src, rec)
+        yield src.name, text
+
+
+def _draws(rng: np.random.Generator, weights: np.ndarray, live: list[int]) -> Iterator[int]:
+    """Source indices drawn by weight from `live` (which the caller shrinks) until it is empty.
+
+    Each draw is what `rng.choice(len(live), p=...)` returns, computed as numpy computes it (a
+    uniform against the normalized cumulative weights), from uniforms drawn a thousand at a time:
+    the same mix, without Python calls into numpy for every document.
+    """
+    n, cdf = 0, []
+    while live:
+        for u in rng.random(1000).tolist():
+            if not live:
+                return
+            if len(live) != n:  # a source drained: the weights of those left
+                n = len(live)
+                p = weights[live] / weights[live].sum()
+                cdf = p.cumsum()
+                cdf = (cdf / cdf[-1]).tolist()
+            yield live[bisect.bisect_right(cdf, u)]
