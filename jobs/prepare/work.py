@@ -1,8 +1,9 @@
 """What prepare's worker processes do: clean, filter, sign (MinHash) and tokenize a batch of documents.
 
-Kept apart from pipeline.py so that a worker process imports only what it uses
-(not `datasets`, which the main process alone reads the sources with): the
-workers start in a fraction of the time.
+Kept apart from pipeline.py so that a worker process imports only what it uses:
+not `datasets`, which the main process alone reads the sources with, nor
+datasketch (and its scipy), whose permutations the main process hands over. The
+workers start in a fraction of a second (tests/test_layering.py holds them to it).
 """
 
 from __future__ import annotations
