@@ -158,6 +158,7 @@ def deploy(ctx: Ctx, job: str, resume: bool = False) -> Record:
         tokens_done = checkpoint_files.read_state(checkpoint_dir)["tokens"] if checkpoint_dir else 0
         ranked = choose_offers(ctx, plan, prov.find(), tokens_done, spent_before)
         ctx.state.put(rec)  # the label is on record before the purchase, so even an ambiguous create is found
+    remote = None
     try:
         instance, target = reached or prov.provision(label, StateLedger(ctx.state, rec), [r.offer for r in ranked])
         estimate = next((estimate_of(r) for r in ranked if r.offer.id == instance.offer_id), None)
@@ -190,6 +191,8 @@ def deploy(ctx: Ctx, job: str, resume: bool = False) -> Record:
         ctx.state.put(rec)
         remote.close()
     except BaseException as e:
+        if remote is not None and not prov.rents:
+            leave_no_secrets(remote)
         abandon(ctx, prov, rec, e)
         raise
     console.print(f"[green]started[/] `{plan.job}` (run {plan.run}{', resumed' if resume else ''}) in tmux session {plan.job!r} on {prov.name}"
@@ -199,6 +202,16 @@ def deploy(ctx: Ctx, job: str, resume: bool = False) -> Record:
     if plan.guard_steps:
         console.print(f"budget guard on the host: stops training with a checkpoint at ${plan.train_cfg.cost.max_cost:.2f}")
     return rec
+
+
+def leave_no_secrets(remote: Remote) -> None:
+    """A failed `up` on a host that stays (ssh, Colab) removes the env file it wrote: the host keeps none of
+    the forwarded keys. (A rented host is destroyed instead.)"""
+    try:
+        remote.remove_env(timeout_s=15)
+    except Exception as e:  # the connection may be what failed: say what is left where
+        console.print(f"[yellow]could not remove {remote.env_file} from the host ({type(e).__name__}); "
+                      "it holds the keys in remote.forward_env: delete it there[/]")
 
 
 def start_beside(ctx: Ctx, rec: Record, job: str) -> None:

@@ -332,9 +332,9 @@ class Remote:
             parts.append(f"chmod {mode:o} {q(path + '.tmp')} && mv -f {q(path + '.tmp')} {q(path)}")
         return ("\n".join(parts) + "\n" + then).encode()
 
-    def remove_env(self) -> None:
+    def remove_env(self, timeout_s: float = 120.0) -> None:
         """The env file holds secrets (HF_TOKEN): a host we do not destroy keeps none once we leave."""
-        self.run(f"rm -f {q(self.env_file)}")
+        self.run(f"rm -f {q(self.env_file)}", timeout_s=timeout_s)
 
     def install_wheel(self, wheel: Path, install_command: str) -> bool:
         """Upload and install this project's wheel; reuse it when the same one is installed. True if installed now."""

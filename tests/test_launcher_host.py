@@ -455,6 +455,28 @@ def test_colab_through_a_proxy_command_installs_the_wheel_once(world, capfd):
     assert world.state.load() == {}
 
 
+def test_a_failed_up_on_a_host_that_stays_leaves_no_env_file(world, capfd):
+    """Colab and ssh hosts are not destroyed: an `up` that fails after writing the env file removes it."""
+    key = client_key(world)
+    other = world.tmp / "other-jobs"
+    other.write_text("#!/bin/sh\necho 'jobs 0.0.1'\n")
+    other.chmod(0o755)
+    proxy = f"{sys.executable} {REPO / 'tests' / 'sshd.py'} relay 127.0.0.1 {world.sshd.port}"
+    world.write_config(
+        provider="colab",
+        ssh_key=key,
+        colab={"host": "made-up-words.trycloudflare.com", "proxy_command": proxy,
+               "install_command": f"{sys.executable} -m pip install --quiet --no-deps --no-index "
+                                  f"--target {world.tmp / 'host-site'} {{wheel}}"},
+        remote={"jobs_command": str(other)},
+    )
+    world.mp.setenv("HF_TOKEN", "hf_secret_for_the_job")
+    _, err = world.cli(capfd, "up", code=2)
+    assert "'jobs 0.0.1', this laptop has 'jobs " in err  # it failed after the env file was written
+    assert (world.workdir / ".launcher").is_dir() and not (world.workdir / ".launcher" / "env").exists()
+    assert world.state.load() == {}
+
+
 def test_plain_ssh_through_an_ssh_config_entry_and_sftp_pull(world, capfd):
     key = client_key(world)
     (world.home / ".ssh" / "config").write_text(
