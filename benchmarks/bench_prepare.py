@@ -62,7 +62,10 @@ def demo_config(tmp: Path, raw: Path, workers: int) -> JobConfig:
         f"data.tokenizer={tmp / 'tokenizer' / 'spm.model'}",
         f"prepare.num_workers={workers}",
         f"prepare.sources={yaml.safe_dump(sources, default_flow_style=True).strip()}",
-        "prepare.checkpoint_docs=20000",  # as configs/train.yaml: the smoke config checkpoints every 100 to test it
+        # the defaults, as configs/train.yaml has them: the smoke config checkpoints every 100 documents and
+        # batches 32, to test those paths
+        "prepare.checkpoint_docs=20000",
+        "prepare.batch_docs=256",
     ])
 
 
