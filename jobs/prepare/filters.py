@@ -27,6 +27,7 @@ import numpy as np
 
 from jobs.config import FiltersConfig, GutenbergFilterConfig, WikipediaFilterConfig
 from jobs.prepare import chars as C
+from jobs.prepare.minhash import normalize
 
 # --- measures ---------------------------------------------------------------------
 
@@ -36,7 +37,6 @@ _WEIRD_CATEGORIES = {"So", "Co", "Cn", "Cs", "Cc", "Cf"}
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _LETTER = re.compile(C.LETTER)
-_WORD = re.compile(r"\w+")
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]\u201d\u2019]*(?=\s|$)|[\"\u201d]$", re.MULTILINE)
 _TERMINAL = (".", "!", "?", '"', "'", "\u201d", "\u2019", ")")
 
@@ -122,7 +122,7 @@ class Doc:
 
     @functools.cached_property
     def words(self) -> list[str]:
-        return _WORD.findall(self.text.lower())
+        return normalize(self.text)
 
     @functools.cached_property
     def word_ids(self) -> np.ndarray:
