@@ -117,6 +117,18 @@ def test_wandb_runs_offline_beside_tensorboard(workdir, monkeypatch):
     assert json.loads((res.run_dir / "tracking.json").read_text()) == {"wandb": fresh}
 
 
+def test_a_pulled_tracking_file_that_is_not_ours_gets_a_new_id(tmp_path):
+    """tracking.json travels from a host and back: what is not a 16-hex id is never passed on to W&B."""
+    from trainer.tracking import RUN_IDS, wandb_id
+
+    for bad in ('{"wandb": "../../etc"}', '{"wandb": 7}', "[1, 2]", "not json", '{"wandb": "0123456789abcdef0"}'):
+        (tmp_path / RUN_IDS).write_text(bad)
+        made = wandb_id(tmp_path)
+        assert len(made) == 16 and int(made, 16) >= 0, bad
+        assert json.loads((tmp_path / RUN_IDS).read_text()) == {"wandb": made}
+        assert wandb_id(tmp_path) == made  # and kept from then on
+
+
 def test_unknown_or_missing_tracker_is_a_config_error_before_anything_is_written(workdir):
     with pytest.raises(ConfigError, match="unknown tracker 'tensorbored'"):
         train(tiny_config("train.report_to=[tensorbored]"))
