@@ -16,14 +16,14 @@ from trainer.config import Config, bounded, load_config
 from trainer.errors import UserError
 
 SOURCE_TYPES = ("hf", "local")
-SOURCE_KINDS = ("c4", "wikipedia", "gutenberg", "generic")
+SOURCE_KINDS = ("c4", "wikipedia", "gutenberg", "fineweb_edu", "generic")
 
 
 @dataclass
 class SourceConfig:
     name: str  # a label in stats and data_meta.json
     type: str = "hf"  # hf: a Hub dataset id in `path`; local: files in `data_files`
-    kind: str = "generic"  # which cleaning and filters apply: c4 | wikipedia | gutenberg | generic
+    kind: str = "generic"  # which cleaning and filters apply: c4 | wikipedia | gutenberg | fineweb_edu | generic
     path: str = ""  # hf: dataset id; local: optional builder (json | parquet | text), else from the extension
     config_name: str | None = None  # the dataset's config, e.g. "en" for allenai/c4
     revision: str | None = None  # e.g. "refs/convert/parquet" for a script dataset's parquet copy
