@@ -252,5 +252,9 @@ def load(config: Path | None, sets: list[str] | None, smoke: bool) -> JobConfig:
     return cfg
 
 
+# `jobs export`'s folder in a run's folder (unless --out names another), which `launcher pull --export` brings home.
+EXPORT_DIR = "hf"
+
+
 def run_dir(cfg: JobConfig) -> Path:
     return Path(cfg.train.runs_dir) / cfg.train.run_name
