@@ -514,9 +514,16 @@ def test_pull_export_brings_every_regular_file_of_the_export_and_no_link(world, 
     out, err = world.cli(capfd, "pull", "--export", code=2)
     assert err.count("\n") == 1 and "no export of run 'smoke'" in err and "run `launcher exec export` first" in err
     assert not runs.exists()
+    # Nor is a link in its place one: it is not followed.
+    host = world.workdir / "runs" / "smoke" / "hf"
+    (world.tmp / "elsewhere").mkdir()
+    (world.tmp / "elsewhere" / "config.json").write_text("{}")
+    os.symlink(world.tmp / "elsewhere", host)
+    _, err = world.cli(capfd, "pull", "--export", code=2)
+    assert "no export of run 'smoke'" in err and not runs.exists()
+    host.unlink()
 
     # The export as `jobs export` lays it out: the transformers folder, model.gguf and the Modelfile.
-    host = world.workdir / "runs" / "smoke" / "hf"
     host.mkdir()
     files = {
         "config.json": b'{"architectures": ["LlamaForCausalLM"]}',
