@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from jobs.config import JobConfig, run_dir
+from jobs.config import EXPORT_DIR, JobConfig, run_dir
 from jobs.run_folder import checked_checkpoint
 from trainer import checkpoint
 from trainer.checks import load_tokenizer
@@ -221,7 +221,7 @@ def run_export(cfg: JobConfig, chosen: Path | None, out: Path | None, push_to: s
     folder = checked_checkpoint(cfg, chosen)
     if not Path(cfg.data.tokenizer).is_file():
         raise UserError(f"tokenizer {cfg.data.tokenizer} not found: run `jobs tokenizer` or `jobs sync-data pull`")
-    target = out or run_dir(cfg) / "hf"
+    target = out or run_dir(cfg) / EXPORT_DIR
     # The export replaces its folder whole: only ever an earlier export, never (say) data/.
     if target.exists() and not all((target / f).is_file() for f in ("config.json", "model.safetensors")):
         raise UserError(f"--out {target} exists and is not an earlier export: name a new folder")
