@@ -203,7 +203,7 @@ def usage_section(repo_id: str, name: str, has_gguf: bool) -> list[str]:
     return lines + [
         "", "With llama.cpp:", "", "```bash",
         f"hf download {repo_id} model.gguf Modelfile --local-dir {name}",
-        f'llama-cli -m {name}/model.gguf -p "Once upon a time" -n 40 -no-cnv',
+        f'llama-completion -m {name}/model.gguf -p "Once upon a time" -n 40',
         "```", "",
         "With Ollama (the Modelfile sets the end-of-text stop and the sampling defaults):", "", "```bash",
         f"cd {name} && ollama create {name} -f Modelfile",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from trainer.errors import UserError
 EXPORT_FILES = ("config.json", "model.safetensors")  # what makes a folder an export (see jobs/export.py)
 CARD = "README.md"
 KEPT = (".gitattributes",)  # the Hub's own: which files are LFS
+LICENSE = re.compile(r"[a-z0-9][a-z0-9.+-]*")  # the Hub's license ids; the Hub checks the id itself
 
 
 @dataclass
@@ -70,6 +72,8 @@ def check(cfg: JobConfig, repo_id: str, license_id: str, public: bool) -> Public
     from trainer.data import read_meta
 
     check_repo_id(repo_id)
+    if not LICENSE.fullmatch(license_id):
+        raise UserError(f"--license {license_id!r} is not a Hub license id (apache-2.0, mit, cc-by-4.0, other, ...)")
     token = os.environ.get("HF_TOKEN")
     if not token:
         raise UserError("publish needs a write token in the HF_TOKEN environment variable")

@@ -156,7 +156,7 @@ def test_publishing_again_is_one_commit_that_makes_the_repo_the_new_export(work)
         assert "(public)" in p.stdout
         card = repo.files["README.md"].decode()
         assert "value: 0.75" in card and "- gguf" in card
-        assert "llama-cli -m tiny-llama/model.gguf" in card and "ollama create tiny-llama -f Modelfile" in card
+        assert "llama-completion -m tiny-llama/model.gguf" in card and "ollama create tiny-llama -f Modelfile" in card
 
 
 def test_a_link_in_the_export_is_refused_not_followed(work, tmp_path):
@@ -177,6 +177,7 @@ def test_a_link_in_the_export_is_refused_not_followed(work, tmp_path):
     ("repo without owner", "--repo 'tiny-llama' must name its owner: USER/NAME"),
     ("bad repo id", "is not a Hub repo id"),
     ("bad run name", "--run '../x' is not a plain name"),
+    ("bad license", "--license 'MIT License' is not a Hub license id"),
     ("unknown run", "no export in runs/other/hf: run `jobs export` first"),
 ])
 def test_bad_input_is_one_line_and_nothing_is_uploaded(work, case, match):
@@ -193,6 +194,8 @@ def test_bad_input_is_one_line_and_nothing_is_uploaded(work, case, match):
         args = ["--repo", "me/tiny..llama"]
     elif case == "bad run name":
         args += ["--run", "../x"]
+    elif case == "bad license":
+        args += ["--license", "MIT License"]
     elif case == "unknown run":
         args += ["--run", "other"]
     before = snapshot(work)
