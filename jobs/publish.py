@@ -3,8 +3,9 @@
 Everything is checked before the first request: the repo id, the token, the
 export (only regular files inside its folder; a link is refused, never
 followed) and the evals the card reports. The repo then holds exactly this
-export and its card: files an earlier publish left that this export lacks
-are deleted in the same commit (the repo's .gitattributes stays).
+export and its card: any other file in it (an earlier export's GGUF, say)
+is deleted in the same commit, so a repo never mixes two exports; the
+Hub's own .gitattributes stays.
 """
 
 from __future__ import annotations

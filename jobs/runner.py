@@ -203,9 +203,9 @@ def export(
 @app.command()
 def publish(
     repo: Annotated[str, typer.Option(metavar="USER/NAME", help="The Hub model repo (created when missing).")],
-    run: Annotated[Optional[str], typer.Option(help="The run to publish (default: the config's train.run_name).")] = None,
+    run: Annotated[Optional[str], typer.Option(metavar="RUN", help="The run to publish (default: the config's train.run_name).")] = None,
     public: Annotated[bool, typer.Option("--public", help="Create the repo public (default: private).")] = False,
-    license_id: Annotated[str, typer.Option("--license", help="The model's license, as the Hub names it.")] = "apache-2.0",
+    license_id: Annotated[str, typer.Option("--license", metavar="ID", help="The model's license, as the Hub names it.")] = "apache-2.0",
     config: ConfigOpt = None,
     set_: SetOpt = None,
     smoke: SmokeOpt = False,
