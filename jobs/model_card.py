@@ -61,7 +61,6 @@ def run_facts(cfg: JobConfig, ev: dict, data_meta: dict | None) -> RunFacts:
     bench = read_json(bench_path) if bench_path.is_file() else None
     if bench is not None and bench.get("config_hash") != bench_hash(cfg):
         bench = None  # measured for another configuration: not this run's machine
-    sources = (data_meta or {}).get("sources") or []
     return RunFacts(
         name=run.name,
         params=cfg.model.param_count(),
@@ -79,9 +78,27 @@ def run_facts(cfg: JobConfig, ev: dict, data_meta: dict | None) -> RunFacts:
         processes=bench.get("num_processes") if bench else None,
         hours=train_hours(run),
         hourly_rate=cfg.cost.hourly_rate,
-        datasets=list(dict.fromkeys(s["path"] for s in sources if s.get("type") == "hf" and s.get("path"))),
-        mix=(data_meta or {}).get("mix") or {},
+        datasets=hub_sources(data_meta or {}),
+        mix=shares(data_meta or {}),
     )
+
+
+# data_meta.json may come from a Hub repo: only well-formed entries reach the card.
+DATASET_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+|[A-Za-z0-9][\w.-]*")
+
+
+def hub_sources(meta: dict) -> list[str]:
+    sources = meta.get("sources")
+    ids = [s.get("path") for s in sources if isinstance(s, dict) and s.get("type") == "hf"] if isinstance(sources, list) else []
+    return list(dict.fromkeys(i for i in ids if isinstance(i, str) and DATASET_ID.fullmatch(i)))
+
+
+def shares(meta: dict) -> dict[str, float]:
+    """The source mix as shares of documents (prepare records each source's relative weight)."""
+    mix = meta.get("mix")
+    weights = {k: float(v) for k, v in mix.items() if isinstance(v, (int, float)) and v > 0} if isinstance(mix, dict) else {}
+    total = sum(weights.values())
+    return {k: w / total for k, w in weights.items()}
 
 
 def eval_results(ev: dict, val_dataset: str) -> list[EvalResult]:

@@ -74,6 +74,12 @@ def test_publish_uploads_the_export_and_a_card_the_hub_parses_back(work, tmp_pat
 
     export = work / "runs" / "smoke" / "hf"
     ev = json.loads((work / "runs" / "smoke" / "eval.json").read_text())
+    data_meta = json.loads((work / "data" / "data_meta.json").read_text())  # the sources, as `jobs prepare` records them
+    data_meta |= {"mix": {"c4": 0.6, "notes": 0.2, "wikipedia": 1.2},
+                  "sources": [{"name": "c4", "type": "hf", "path": "allenai/c4", "weight": 0.6},
+                              {"name": "notes", "type": "local", "path": "", "weight": 0.2},
+                              {"name": "wikipedia", "type": "hf", "path": "wikimedia/wikipedia", "weight": 1.2}]}
+    (work / "data" / "data_meta.json").write_text(json.dumps(data_meta))
     with StandInHub(token=TOKEN, lfs=True) as hub:
         p = publish(work, hub, "--repo", "me/tiny-llama", "--license", "mit")
         assert p.returncode == 0, p.stderr[-3000:]
@@ -95,7 +101,7 @@ def test_publish_uploads_the_export_and_a_card_the_hub_parses_back(work, tmp_pat
     meta = metadata_load(readme)
     assert meta["license"] == "mit" and meta["language"] == "en" and meta["library_name"] == "transformers"
     assert meta["pipeline_tag"] == "text-generation" and {"llama", "llm-forge"} <= set(meta["tags"])
-    assert card.data.license == "mit"
+    assert meta["datasets"] == ["allenai/c4", "wikimedia/wikipedia"] and card.data.license == "mit"
     name, results = model_index_to_eval_results(meta["model-index"])
     assert name == "tiny-llama"
     got = {(r.dataset_type, r.dataset_config, r.dataset_split, r.metric_type): r.metric_value for r in results}
@@ -117,6 +123,7 @@ def test_publish_uploads_the_export_and_a_card_the_hub_parses_back(work, tmp_pat
     assert f"| training tokens | {train[-1]['tokens']:,} (12 steps of {train[-1]['tokens'] // 12:,} tokens) |" in text
     assert "| recipe | adamw, cosine schedule, lr 0.003 to 0.0003, 6 warmup steps, weight decay 0.1 |" in text
     assert f"| hardware | {bench['device']} |" in text
+    assert "Source mix (share of documents): c4 30%, notes 10%, wikipedia 60%." in text
     jobs_done = [json.loads(line) for line in (work / "runs" / "smoke" / "jobs.jsonl").read_text().splitlines()]
     seconds = sum(j["ended_at"] - j["started_at"] for j in jobs_done if j["job"] == "train")
     assert f"| training time | {fmt_duration(seconds)} |" in text
