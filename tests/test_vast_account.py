@@ -70,7 +70,7 @@ def test_a_new_account_whose_key_may_not_add_account_keys_still_gets_in_through_
 
 
 def test_an_instance_that_refuses_the_key_is_destroyed_with_one_line(vast):
-    vast.new_account, vast.attach_refused = True, True
+    vast.attach_refused = True
     p = vast_provider()
     ledger = Ledger()
     with pytest.raises(UserError, match=r"refused to attach the SSH key to instance \d+ .*403.*destroyed it"):
@@ -126,6 +126,15 @@ def test_the_daily_search_quota_is_not_retried_and_says_when_it_resets(vast):
     assert len(vast.requests) == 1
 
 
+def test_a_rate_limited_create_is_never_sent_again(vast):
+    vast.rate_limit_creates = 1
+    p = vast_provider()
+    with pytest.raises(UserError, match=r"offer 101 failed \(PUT /asks/101/: rate limited \(HTTP 429\); not sent again\) "
+                                        r"and none labelled llm-forge-429-1 exists; nothing was rented"):
+        p.create(p.find()[0], "llm-forge-429-1")
+    assert creates(vast) == ["/api/v0/asks/101/"] and vast.instances == {}
+
+
 def test_retry_after_is_honoured(vast):
     vast.retry_after_s, vast.rate_limit_next = 0.6, 2
     t0 = time.monotonic()
@@ -179,13 +188,17 @@ def test_up_on_a_new_account_with_a_team_key_and_30_other_instances_works_end_to
 
 
 @needs_sshd
-@pytest.mark.parametrize("fault", ["attach_refused", "rate_limit_creates", "search_quota_reset"])
-def test_a_fault_on_a_new_busy_account_leaves_nothing_billing_and_one_line(world, capfd, fault):
+@pytest.mark.parametrize("fault, value, said", [
+    ("attach_refused", True, "refused to attach the SSH key"),  # rented, then destroyed
+    ("rate_limit_creates", 1, "nothing was rented"),  # the create is not sent again; its label is looked up
+    ("search_quota_reset", 1.9e9, "quota is used up; it resets at 2030-03-17 17:46 UTC"),  # before anything is rented
+])
+def test_a_fault_on_a_new_busy_account_leaves_nothing_billing_and_one_line(world, capfd, fault, value, said):
     others = new_busy_account(world.vast)
-    setattr(world.vast, fault, {"attach_refused": True, "rate_limit_creates": 1, "search_quota_reset": 1.9e9}[fault])
+    setattr(world.vast, fault, value)
     code, _, err = run_launcher(capfd, "up")
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert code == 2 and len(errors) == 1 and said in errors[0] and "Traceback" not in err, err
     assert sorted(world.vast.instances) == others and world.state.load() == {}
     assert len(creates(world.vast)) <= 1  # a purchase is never sent twice
 
