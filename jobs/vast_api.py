@@ -17,9 +17,9 @@ import os
 import sys
 import time
 import urllib.error
-from datetime import datetime, timezone
 import urllib.request
 from collections.abc import Callable
+from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 

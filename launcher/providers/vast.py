@@ -257,8 +257,8 @@ class VastProvider:
             except (VastError, Ambiguous) as e:  # every instance would refuse it alike: no other offer
                 self.destroy(inst.id)
                 ledger.destroyed(inst)
-                raise UserError(f"Vast refused to attach the SSH key to instance {inst.id} ({e}); destroyed it. "
-                                "The API key needs instance_write") from None
+                raise UserError(f"Vast refused to attach the SSH key to instance {inst.id} ({e}); destroyed it "
+                                "(a scoped API key needs instance_write)") from None
             try:
                 return inst, self.wait_ready(inst.id)
             except ImageUnpullable as e:  # at once, and not on another machine: no host can pull it
@@ -279,9 +279,9 @@ class VastProvider:
         try:
             raw = self.api.call("GET", f"/instances/{instance_id}/?owner=me").get("instances")
         except VastError as e:
-            if e.status == 404:
+            if e.status == 404 and e.error == "not_found":
                 return None
-            raise
+            raise UserError(f"looking up Vast instance {instance_id} failed: {e}") from None
         if isinstance(raw, list):
             raw = raw[0] if raw else None
         return _instance(raw) if raw else None
@@ -307,7 +307,7 @@ class VastProvider:
         try:
             answer = self.api.call("DELETE", f"/instances/{instance_id}/")
         except VastError as e:
-            if e.status == 404:  # {"error": "not_found"}: already gone
+            if e.status == 404 and e.error == "not_found":  # already gone; another 404 confirms nothing
                 return False
             raise UserError(f"destroying Vast instance {instance_id} failed: {e}") from None
         if answer.get("success") is False:
