@@ -14,23 +14,12 @@ import pytest
 
 from badinput import assert_refused, snapshot
 from conftest import run_launcher, vast_provider
-from launcher.providers.base import Instance
 from launcher.state import Record, State
 from test_launcher_host import World, needs_sshd
+from test_vast_api import Ledger
 from trainer.errors import UserError
 
 TFA_KEY = "test-tfa-session-key"
-
-
-class Ledger:
-    def __init__(self):
-        self.rented: list[Instance] = []
-
-    def created(self, inst: Instance) -> None:
-        self.rented.append(inst)
-
-    def destroyed(self, inst: Instance) -> None:
-        self.rented.remove(inst)
 
 
 def ours(world: World) -> list[int]:
