@@ -194,9 +194,9 @@ def test_a_fault_on_a_new_busy_account_leaves_nothing_billing_and_one_line(world
 
 @needs_sshd
 def test_disk_under_8_gb_is_refused_before_anything_is_rented(world, capfd):
-    before = snapshot(world.state.dir)
+    before = snapshot(world.home, world.state.dir)
     code, _, err = run_launcher(capfd, "up", "-o", "vast.disk_gb=4")
-    assert_refused(code, err, before, snapshot(world.state.dir), match="vast.disk_gb")
+    assert_refused(code, err, before, snapshot(world.home, world.state.dir), match="vast.disk_gb")
     assert world.vast.requests == []
 
 
