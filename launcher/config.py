@@ -20,7 +20,7 @@ class VastConfig:
     num_gpus: int = bounded(1, ge=1)
     max_dph: float = bounded(1.0, gt=0)  # $/h cap for the whole machine (Vast's dph_total)
     min_reliability: float = bounded(0.98, ge=0, le=1)
-    disk_gb: float = bounded(60.0, gt=0)  # disk to rent; smaller offers are skipped
+    disk_gb: float = bounded(60.0, ge=8)  # disk to rent; smaller offers are skipped. Vast's create refuses under 8
     min_inet_down: float = bounded(200.0, ge=0)  # Mb/s, the data comes from the Hub
     min_cuda: float = bounded(12.8, ge=0)  # the project's image is CUDA 12.8 (the stock image 12.6): older drivers refuse it
     interruptible: bool = False  # bid (cheaper, can be outbid) instead of on-demand

@@ -198,7 +198,8 @@ def test_create_sends_the_documented_fields_and_interruptible_always_sends_a_pri
     assert body["disk"] == 80 and body["label"] == "llm-forge-t-1" and isinstance(body["env"], dict)
     assert body["price"] == pytest.approx(o.min_bid * 1.05)
     assert vast.instances[int(inst.id)]["is_bid"]
-    assert "ssh-ed25519 AAAAtest k" in vast.ssh_keys  # attached to the instance
+    p.attach_key(inst.id)  # what provision does next
+    assert vast.ssh_keys == ["ssh-ed25519 AAAAtest k"]  # attached to the instance
 
 
 def test_an_ambiguous_create_is_looked_up_by_label_not_retried(vast):

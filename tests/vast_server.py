@@ -12,11 +12,35 @@
   Docker daemon's pull error (Vast passes the daemon's words on, as dstack's Vast backend relies on), while
   Vast keeps retrying and billing.
 
+Account and API behaviours (#20 points 1, 2, 6, 7, 9), each behind its own switch, default off:
+- `new_account`: `GET /api/v0/ssh/` on an account with no keys is 404 "No SSH keys found for the user."
+  (vast-ai/docs api-reference/openapi/yaml/show_ssh_keys.yaml).
+- `key_scope`: "team": `POST /api/v0/ssh/` is 400 `team_ssh_keys_not_supported` (the body SkyPilot's
+  Vast PRs #9631 and #10730 quote); "no_user_write": a scoped key without `user_write` (vast-cli
+  scripts/data/api_scopes.json maps `POST /api/v0/ssh/` to it) gets 403 with the Error schema
+  (vast-ai/docs api-reference/authentication.mdx: "a scoped key that lacks the required permission").
+  `attach_refused`: the same 403 on `POST /api/v0/instances/{id}/ssh/` (scope `instance_write`).
+- `opaque_page_tokens`: v1 list tokens are opaque base64 (`{"values": {"id": N}}`, as in the example of
+  api-reference/openapi.yaml `/api/v1/instances`); `after_token` is read as the raw string, as vast-cli's
+  `apiurl` sends strings; a token that does not decode (a JSON-quoted one) is 400 `invalid_token`.
+  `other_instances(n)` fills the account with instances that are not ours.
+- `search_quota_reset`: the offer search answers 429 `{"error": "search_quota_exceeded"}` with
+  `X-RateLimit-Reset` (this epoch time). Not in Vast's published docs: the shape is issue #20's report.
+  `retry_after_s`: the rate limiter's 429s carry `Retry-After` (the docs say Vast sends none today;
+  api-reference/rate-limits-and-errors.mdx). `rate_limit_creates`: the next N creates get a 429.
+- `tfa_key` / `tfa_expired`: a 2FA session key; once expired, every call with it is 404 "Session expired.
+  Please log in again." (vast-cli vast.py main() and vastai/cli/main.py `_is_tfa_session_expired`).
+- `bundles_status`: 404 / 410 on `POST /api/v0/bundles/`; `PUT /api/v0/search/asks/` with
+  `{"select_cols": ["*"], "q": query}` still answers (vast-cli vast.py `search__offers --new`).
+- Always: a create with `disk` under 8 GB is 400 (create_instance.yaml x-input-validation, disk min 8.0).
+
 Its instances ARE the test's sshd: a running instance's SSH target is 127.0.0.1 and a port given by the test.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import urllib.parse
@@ -66,6 +90,17 @@ class VastStandIn:
     rate_limited: int = 0
     preempted: set[int] = field(default_factory=set)  # outbid: `stopped`, still listed, still billing its disk
     stopped: set[int] = field(default_factory=set)  # stopped on request (PUT state): `stopped`, intended `stopped`
+    # account and API behaviours (#20 1,2,6,7,9)
+    new_account: bool = False  # no SSH keys on the account: GET /api/v0/ssh/ is a 404 until one is added
+    key_scope: str | None = None  # "team" or "no_user_write": POST /api/v0/ssh/ is refused (400 / 403)
+    attach_refused: bool = False  # POST /api/v0/instances/{id}/ssh/ is 403: the key lacks instance_write
+    opaque_page_tokens: bool = False  # v1 list: base64 tokens, taken raw; a quoted one is a 400
+    search_quota_reset: float | None = None  # offer search: 429 search_quota_exceeded, resetting at this epoch
+    retry_after_s: float | None = None  # Retry-After on the rate limiter's 429s
+    rate_limit_creates: int = 0  # the next N creates get a 429
+    tfa_key: str | None = None  # a 2FA session key, as good as api_key until tfa_expired
+    tfa_expired: bool = False  # every call with tfa_key: 404 "Session expired. Please log in again."
+    bundles_status: int | None = None  # 404 / 410: POST /api/v0/bundles/ is gone; PUT /api/v0/search/asks/ answers
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -81,7 +116,7 @@ class VastStandIn:
             def _go(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
-                status, payload = stand_in.handle(self.command, self.path, body, self.headers.get("Authorization", ""))
+                status, payload, *extra = stand_in.handle(self.command, self.path, body, self.headers.get("Authorization", ""))
                 if stand_in.hang_up_after_create and self.command == "PUT" and status == 200:
                     self.close_connection = True  # the purchase happened; the client never hears of it
                     return
@@ -89,6 +124,8 @@ class VastStandIn:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in (extra[0] if extra else {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -117,6 +154,9 @@ class VastStandIn:
                 if method == "PUT" and int(m.group(1)) in self.instances:
                     self.stop(int(m.group(1)), (body or {})["state"])
                     return 200, {"success": True}
+            elif self.tfa_key and auth == f"Bearer {self.tfa_key}":
+                if self.tfa_expired:
+                    return 404, {"success": False, "msg": "Session expired. Please log in again."}
             elif auth != f"Bearer {self.api_key}":
                 return 404, {"success": False, "error": "auth_error", "msg": "Invalid user key"}
             if self.gateway_errors_next > 0:
@@ -125,23 +165,40 @@ class VastStandIn:
             if self.rate_limit_next > 0 or (self.rate_limit_every and self._count % self.rate_limit_every == 0):
                 self.rate_limit_next -= 1
                 self.rate_limited += 1
-                return 429, None  # Vast sends no Retry-After
-            if method == "POST" and route == "/api/v0/bundles/":
-                return 200, {"offers": self.search(body or {})}
+                return 429, None, ({"Retry-After": f"{self.retry_after_s:g}"} if self.retry_after_s is not None else {})
+            if (method, route) in (("POST", "/api/v0/bundles/"), ("PUT", "/api/v0/search/asks/")):
+                if self.search_quota_reset is not None:
+                    return 429, {"success": False, "error": "search_quota_exceeded", "msg": "daily search quota exceeded"}, \
+                        {"X-RateLimit-Reset": str(int(self.search_quota_reset))}
+                if route == "/api/v0/bundles/" and self.bundles_status:
+                    return self.bundles_status, {"success": False, "error": "not_found", "msg": f"{method} {route}"}
+                return 200, {"offers": self.search((body or {}).get("q", {}) if route.endswith("/asks/") else body or {})}
             if m := re.fullmatch(r"/api/v0/asks/(\d+)/", route):
+                if method == "PUT" and self.rate_limit_creates > 0:
+                    self.rate_limit_creates -= 1
+                    return 429, {"detail": "API requests too frequent endpoint threshold=1.0"}
                 return self.create(int(m.group(1)), body or {}) if method == "PUT" else (405, None)
             if route == "/api/v0/ssh/":
                 if method == "GET":  # Vast's spec: a bare list whose field is `key`
+                    if self.new_account and not self.ssh_keys:
+                        return 404, {"success": False, "error": "not_found", "msg": "No SSH keys found for the user."}
                     return 200, [{"id": i + 1, "key": k} for i, k in enumerate(self.ssh_keys)]
+                if self.key_scope == "team":
+                    return 400, {"success": False, "error": "team_ssh_keys_not_supported",
+                                 "msg": "Team SSH keys are not supported. SSH keys can only be created in personal context."}
+                if self.key_scope == "no_user_write":
+                    return 403, FORBIDDEN
                 self.add_key(str((body or {}).get("ssh_key", "")))
                 return 200, {"success": True, "key": {"id": len(self.ssh_keys)}}
             if m := re.fullmatch(r"/api/v0/instances/(\d+)/ssh/", route):
                 if int(m.group(1)) not in self.instances:
                     return 404, {"success": False, "error": "not_found", "msg": "Instance not found"}
+                if self.attach_refused:
+                    return 403, FORBIDDEN
                 self.add_key(str((body or {}).get("ssh_key", "")))
                 return 200, {"success": True}
             if route == "/api/v1/instances/" and method == "GET":
-                return 200, self.list_page(path)
+                return self.list_page(path)
             if m := re.fullmatch(r"/api/v0/instances/(\d+)/", route):
                 iid = int(m.group(1))
                 if method == "GET":
@@ -153,16 +210,39 @@ class VastStandIn:
                     return 200, {"success": True}
             return 404, {"success": False, "error": "not_found", "msg": f"{method} {route}"}
 
-    def list_page(self, path: str) -> dict:
+    def list_page(self, path: str) -> tuple[int, dict]:
         """v1's list: 25 a page in id order, then `next_token` for `after_token`."""
-        query = {k: json.loads(v[0]) for k, v in urllib.parse.parse_qs(urllib.parse.urlparse(path).query).items()}
+        raw = {k: v[0] for k, v in urllib.parse.parse_qs(urllib.parse.urlparse(path).query).items()}
+        token = raw.pop("after_token", None)
+        query = {k: json.loads(v) for k, v in raw.items()}
         limit = min(int(query.get("limit", 25)), 25)
-        after = int(query.get("after_token") or 0)
+        try:
+            if self.opaque_page_tokens:
+                after = int(json.loads(base64.b64decode(token, validate=True))["values"]["id"]) if token else 0
+            else:
+                after = int(json.loads(token) if token else 0)
+        except (ValueError, TypeError, KeyError, binascii.Error):
+            return 400, {"success": False, "error": "invalid_token", "msg": "Invalid pagination token"}
         ids = sorted(i for i in self.instances if i > after)
         page = ids[:limit]
         more = len(ids) > limit
-        return {"instances": [self.view(self.instances[i]) for i in page], "total_instances": len(self.instances),
-                "next_token": str(page[-1]) if more else None}
+        token = (base64.b64encode(json.dumps({"values": {"id": page[-1]}}).encode()).decode() if self.opaque_page_tokens
+                 else str(page[-1])) if more else None
+        return 200, {"instances": [self.view(self.instances[i]) for i in page], "total_instances": len(self.instances),
+                     "next_token": token}
+
+    def other_instances(self, n: int) -> list[int]:
+        """N running instances of the account's that are not ours (unlabelled, or labelled by someone else)."""
+        ids = []
+        for k in range(n):
+            self._next_id += 1
+            ids.append(self._next_id)
+            self.instances[self._next_id] = {
+                "id": self._next_id, "label": None if k % 2 else f"notebook-{k}", "actual_status": "running",
+                "intended_status": "running", "cur_state": "running", "status_msg": "success, running",
+                "gpu_name": "RTX 3090", "num_gpus": 1, "dph_total": 0.2, "start_date": time.time(), "ports": {},
+            }
+        return ids
 
     def search(self, q: dict) -> list[dict]:
         rows = [o for o in self.offers if all(_match(o.get(k), cond) for k, cond in q.items() if isinstance(cond, dict))]
@@ -175,6 +255,8 @@ class VastStandIn:
         if o is None or o["rented"]:
             return 404, {"success": False, "error": "invalid_args",
                          "msg": f"error 404/3603: no_such_ask Instance type by id {offer_id} is not available."}
+        if float(body.get("disk") or 0) < 8:
+            return 400, {"success": False, "error": "invalid_args", "msg": "disk must be at least 8 GB"}
         if body.get("client_id") != "me" or not body.get("image") or body.get("runtype") not in RUNTYPES:
             return 400, {"success": False, "error": "invalid_args", "msg": "client_id, image and runtype are required"}
         o["rented"] = True
@@ -245,6 +327,8 @@ OPS = {
     "lt": lambda v, w: v is not None and v < w, "lte": lambda v, w: v is not None and v <= w,
     "in": lambda v, w: v in w, "notin": lambda v, w: v not in w,
 }
+# What a scoped key lacking the route's permission gets (the docs' Error schema; the words are ours).
+FORBIDDEN = {"success": False, "error": "permission_denied", "msg": "key lacks permission"}
 RUNTYPES = ("ssh", "ssh_direct", "ssh_proxy", "ssh_direc ssh_proxy", "jupyter", "jupyter_proxy ssh_proxy", "args")
 
 

@@ -2,10 +2,9 @@
 
 Base URL `https://console.vast.ai`, overridable with `VAST_URL` as in vast-cli;
 the key comes from `VAST_API_KEY` or vast-cli's key file and is sent as
-`Authorization: Bearer`. Vast answers 429 without Retry-After, so we back off
-(0.15 s x 1.5, bounded) as vast-cli does; a bad key comes back as 404
-`auth_error`. Vast accepts duplicate purchases, so a create is never retried
-blindly: after an ambiguous failure the instance is looked up by its label.
+`Authorization: Bearer` (rate limits, 2FA session keys: jobs/vast_api.py). Vast
+accepts duplicate purchases, so a create is never retried blindly: after an
+ambiguous failure (or a 429) the instance is looked up by its label.
 """
 
 from __future__ import annotations
@@ -43,16 +42,27 @@ class ImageUnpullable(ProvisionError):
     """The host cannot pull the image: no other machine will either."""
 
 
-def api_key() -> str:
+def api_keys() -> list[str]:
+    """The keys to use, in order: VAST_API_KEY alone, else vast-cli's key files.
+
+    vast-cli reads its 2FA session key file before the plain one and, when the session
+    has expired, falls back to the plain key; ~/.vast_api_key is its legacy place.
+    """
     key = os.environ.get("VAST_API_KEY", "").strip()
     if key:
-        return key
+        return [key]
     config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    # vast-cli reads its 2FA key file before the plain one; ~/.vast_api_key is its legacy place.
+    keys = []
     for path in (config_home / "vastai" / "vast_tfa_key", config_home / "vastai" / "vast_api_key", Path.home() / ".vast_api_key"):
-        if path.is_file() and path.read_text().strip():
-            return path.read_text().strip()
-    raise UserError("no Vast API key: set VAST_API_KEY or run `vastai set api-key` (its key file is read too)")
+        if path.is_file() and (text := path.read_text().strip()) and text not in keys:
+            keys.append(text)
+    if not keys:
+        raise UserError("no Vast API key: set VAST_API_KEY or run `vastai set api-key` (its key file is read too)")
+    return keys[:2]
+
+
+def api_key() -> str:
+    return api_keys()[0]
 
 
 class VastProvider:
@@ -62,7 +72,8 @@ class VastProvider:
     def __init__(self, cfg: VastConfig, public_key: str | None = None, key_file: str | None = None, workdir: str = "/workspace"):
         self.cfg = cfg
         self.public_key, self.key_file, self.workdir = public_key, key_file, workdir
-        self.api = VastAPI(os.environ.get("VAST_URL") or DEFAULT_URL, api_key())
+        key, *fallback = api_keys()
+        self.api = VastAPI(os.environ.get("VAST_URL") or DEFAULT_URL, key, fallback_key=next(iter(fallback), None))
 
     # --- find -----------------------------------------------------------------
 
@@ -87,7 +98,13 @@ class VastProvider:
         }
 
     def find(self) -> list[Offer]:
-        rows = self.api.call("POST", "/bundles/", self.query()).get("offers", [])
+        try:
+            rows = self.api.call("POST", "/bundles/", self.query(), repeatable=True).get("offers", [])
+        except VastError as e:
+            if e.status not in (404, 410):
+                raise UserError(f"Vast refused the offer search: {e}") from None
+            # The endpoint vast-cli's `search offers --new` uses, with the same query.
+            rows = self.api.call("PUT", "/search/asks/", {"select_cols": ["*"], "q": self.query()}, repeatable=True).get("offers", [])
         return [
             Offer(
                 id=str(r["id"]),
@@ -108,15 +125,34 @@ class VastProvider:
     # --- create -----------------------------------------------------------------
 
     def register_key(self) -> None:
-        """Put our public key on the account, so new instances let it in."""
+        """Put our public key on the account too, so Vast's console lists it: best effort.
+
+        A new account has no keys (404), a team key may not add one (400
+        `team_ssh_keys_not_supported`), a key without `user_write` is refused (403);
+        none of that matters, as `attach_key` lets us into each instance.
+        """
         if not self.public_key:
             return
-        listed = self.api.call("GET", "/ssh/")
-        keys = listed.get("ssh_keys") or listed.get("items") or []  # a bare list arrives as "items"
-        mine = self.public_key.split()[:2]
-        if any(mine == str(k.get("key") or k.get("public_key") or k.get("ssh_key") or "").split()[:2] for k in keys if isinstance(k, dict)):
-            return
-        self.api.call("POST", "/ssh/", {"ssh_key": self.public_key})
+        try:
+            try:
+                listed = self.api.call("GET", "/ssh/")
+            except VastError as e:
+                if e.status != 404:  # 404: "No SSH keys found for the user"
+                    raise
+                listed = {}
+            keys = listed.get("ssh_keys") or listed.get("items") or []  # a bare list arrives as "items"
+            mine = self.public_key.split()[:2]
+            if any(mine == str(k.get("key") or k.get("public_key") or k.get("ssh_key") or "").split()[:2] for k in keys if isinstance(k, dict)):
+                return
+            self.api.call("POST", "/ssh/", {"ssh_key": self.public_key})
+        except (VastError, Ambiguous) as e:
+            console.print(f"[yellow]could not add the SSH key to the Vast account ({e}); it is attached to the instance instead[/]",
+                          soft_wrap=True)
+
+    def attach_key(self, instance_id: str) -> None:
+        """Let our key into this instance (what SSH access rests on); a failure is an error."""
+        if self.public_key:
+            self.api.call("POST", f"/instances/{instance_id}/ssh/", {"ssh_key": self.public_key}, repeatable=True)
 
     def price_for(self, offer: Offer) -> float:
         if not self.cfg.interruptible:
@@ -144,7 +180,8 @@ class VastProvider:
             # The purchase may have gone through: look before anything else.
             found = self.find_by_label(label)
             if found is None:
-                raise UserError(f"creating an instance on offer {offer.id} failed ({e}) and none labelled {label} exists") from None
+                raise UserError(f"creating an instance on offer {offer.id} failed ({e}) and none labelled {label} exists; "
+                                "nothing was rented: try again in a minute") from None
             found.offer_id = offer.id
             return found
         except VastError as e:
@@ -154,11 +191,6 @@ class VastProvider:
         if not answer.get("success", True) or "new_contract" not in answer:
             raise UserError(f"Vast refused offer {offer.id}: {answer.get('error', '')} {answer.get('msg', '')}".strip())
         inst_id = str(answer["new_contract"])
-        if self.public_key:
-            try:  # account keys reach new instances too; this covers an account key added late
-                self.api.call("POST", f"/instances/{inst_id}/ssh/", {"instance_id": int(inst_id), "ssh_key": self.public_key})
-            except VastError as e:
-                console.print(f"[yellow]could not attach the SSH key to instance {inst_id}: {e}[/]")
         return Instance(id=inst_id, label=label, status="created", price_per_hour=self.price_for(offer), created_at=time.time(),
                         offer_id=offer.id)
 
@@ -221,6 +253,13 @@ class VastProvider:
                 continue
             ledger.created(inst)
             try:
+                self.attach_key(inst.id)
+            except (VastError, Ambiguous) as e:  # every instance would refuse it alike: no other offer
+                self.destroy(inst.id)
+                ledger.destroyed(inst)
+                raise UserError(f"Vast refused to attach the SSH key to instance {inst.id} ({e}); destroyed it "
+                                "(a scoped API key needs instance_write)") from None
+            try:
                 return inst, self.wait_ready(inst.id)
             except ImageUnpullable as e:  # at once, and not on another machine: no host can pull it
                 self.destroy(inst.id)
@@ -240,9 +279,9 @@ class VastProvider:
         try:
             raw = self.api.call("GET", f"/instances/{instance_id}/?owner=me").get("instances")
         except VastError as e:
-            if e.status == 404:
+            if e.status == 404 and e.error == "not_found":
                 return None
-            raise
+            raise UserError(f"looking up Vast instance {instance_id} failed: {e}") from None
         if isinstance(raw, list):
             raw = raw[0] if raw else None
         return _instance(raw) if raw else None
@@ -252,7 +291,9 @@ class VastProvider:
         rows, token = [], None
         for _ in range(1000):  # 25,000 instances: bounded, and far beyond any account
             query = {"limit": 25, "order_by": [{"col": "id", "dir": "asc"}], **({"after_token": token} if token else {})}
-            page = self.api.call("GET", "/instances/?" + urllib.parse.urlencode({k: json.dumps(v) for k, v in query.items()}), api="v1")
+            # JSON for the values, but the token goes as the raw string it came as (quoted, it is a 400), as vast-cli's apiurl sends it.
+            page = self.api.call("GET", "/instances/?" + urllib.parse.urlencode(
+                {k: v if isinstance(v, str) else json.dumps(v) for k, v in query.items()}), api="v1")
             rows += page.get("instances") or []
             token = page.get("next_token")
             if not token:
@@ -266,7 +307,7 @@ class VastProvider:
         try:
             answer = self.api.call("DELETE", f"/instances/{instance_id}/")
         except VastError as e:
-            if e.status == 404:  # {"error": "not_found"}: already gone
+            if e.status == 404 and e.error == "not_found":  # already gone; another 404 confirms nothing
                 return False
             raise UserError(f"destroying Vast instance {instance_id} failed: {e}") from None
         if answer.get("success") is False:
