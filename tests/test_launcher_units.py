@@ -194,7 +194,7 @@ def test_create_sends_the_documented_fields_and_interruptible_always_sends_a_pri
     inst = p.create(o, "llm-forge-t-1")
     _, path, body = next(r for r in vast.requests if r[0] == "PUT")
     assert path == f"/api/v0/asks/{o.id}/"
-    assert body["client_id"] == "me" and body["runtype"] == "ssh" and body["image"] == "me/llm-forge:0.1.0"
+    assert body["client_id"] == "me" and body["runtype"] == "ssh_direc ssh_proxy" and body["image"] == "me/llm-forge:0.1.0"
     assert body["disk"] == 80 and body["label"] == "llm-forge-t-1" and isinstance(body["env"], dict)
     assert body["price"] == pytest.approx(o.min_bid * 1.05)
     assert vast.instances[int(inst.id)]["is_bid"]

@@ -337,11 +337,19 @@ def image_login(image: str | None) -> str | None:
     if not image:
         return None  # the stock image is public
     from docker import auth  # only here: the docker SDK is for images, and most `up`s never need it
+    from docker.errors import DockerException
 
-    registry, _ = auth.resolve_repository_name(image)  # as `image push` resolves it; Docker Hub is docker.io
+    try:
+        registry, _ = auth.resolve_repository_name(image)  # as `image push` resolves it; Docker Hub is docker.io
+    except DockerException:
+        raise UserError(f"vast.image {image!r} is not an image name (<registry>/<namespace>/<name>:<tag>)") from None
     user, password = os.environ.get("DOCKER_USERNAME"), os.environ.get("DOCKER_PASSWORD")
     if not (user and password):
-        stored = auth.load_config().resolve_authconfig(registry) or {}
+        try:
+            stored = auth.load_config().resolve_authconfig(registry) or {}
+        except DockerException as e:  # a credential helper that fails: the image may be public
+            console.print(f"[yellow]no registry login for {registry} ({e}); the image must be public[/]")
+            stored = {}
         user, password = stored.get("username") or stored.get("Username"), stored.get("password") or stored.get("Password")
     return shlex.join(["-u", user, "-p", password, registry]) if user and password else None
 
