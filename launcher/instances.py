@@ -13,9 +13,9 @@ from launcher.state import Record
 def instance_lost(ctx: Ctx, rec: Record, job_running_at: float | None = None) -> str | None:
     """Why a rented instance is no more (outbid, exited, gone), or None while it lives.
 
-    `job_running_at`: when (time.monotonic) the job was last seen running. Vast may mark an outbid instance
-    intended `stopped` just as a stop of its own (dstack sees it so); an interruptible one that stopped sooner
-    after than its idle stop could have fired was outbid.
+    `job_running_at`: when (time.monotonic) the job was last seen running, or not yet started. Vast may mark an
+    outbid instance intended `stopped` just as a stop of its own (dstack sees it so); an interruptible one that
+    stopped sooner after than its idle stop could have fired was outbid.
     """
     if not rec.instance_id:
         return None

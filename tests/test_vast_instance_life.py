@@ -15,6 +15,7 @@ import base64
 import json
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -111,9 +112,16 @@ def test_a_refused_container_with_no_other_machine_to_try_is_one_line_and_nothin
 def test_a_private_image_pulls_with_image_push_credentials_that_never_show(world, capfd, login):
     user, token = world.vast.registry_user, world.vast.registry_token
     world.vast.private_images = {PRIVATE}
-    world.write_config(vast={"image": PRIVATE})
+    world.write_config(vast={"image": PRIVATE, "ready_timeout_s": 60})
     world.mp.delenv("DOCKER_USERNAME", raising=False)
     world.mp.delenv("DOCKER_PASSWORD", raising=False)
+    _, err = world.cli(capfd, "up", code=2)  # no login anywhere: Vast's host is refused the pull
+    (_, body), = creates(world)
+    assert "image_login" not in body
+    errors = error_lines(err)
+    assert len(errors) == 1 and f"cannot pull the image {PRIVATE}" in errors[0]
+    assert len(world.vast.destroyed) == 1 and nothing_left(world)
+
     if login == "env":
         world.mp.setenv("DOCKER_USERNAME", user)
         world.mp.setenv("DOCKER_PASSWORD", token)
@@ -122,7 +130,7 @@ def test_a_private_image_pulls_with_image_push_credentials_that_never_show(world
         auth = base64.b64encode(f"{user}:{token}".encode()).decode()
         (world.home / ".docker" / "config.json").write_text(json.dumps({"auths": {"localhost:5000": {"auth": auth}}}))
     out, err = world.cli(capfd, "up")
-    (_, body), = creates(world)
+    _, body = creates(world)[-1]
     assert body["image_login"] == f"-u {user} -p {token} localhost:5000"
     world.wait_job_state("smoke", ("succeeded",), timeout_s=60)
     kept = [p for root in (world.state.dir, world.workdir) for p in Path(root).rglob("*") if p.is_file()]
@@ -130,19 +138,6 @@ def test_a_private_image_pulls_with_image_push_credentials_that_never_show(world
     assert token not in out + err
     world.cli(capfd, "down")
     assert nothing_left(world)
-
-
-def test_a_private_image_without_a_login_is_unpullable_one_line_and_nothing_left(world, capfd):
-    world.vast.private_images = {PRIVATE}
-    world.write_config(vast={"image": PRIVATE, "ready_timeout_s": 60})
-    world.mp.delenv("DOCKER_USERNAME", raising=False)
-    world.mp.delenv("DOCKER_PASSWORD", raising=False)
-    _, err = world.cli(capfd, "up", code=2)
-    (_, body), = creates(world)
-    assert "image_login" not in body
-    errors = error_lines(err)
-    assert len(errors) == 1 and f"cannot pull the image {PRIVATE}" in errors[0]
-    assert len(world.vast.destroyed) == 1 and nothing_left(world)
 
 
 @pytest.mark.parametrize("intent", ["running", "stopped"])
@@ -179,3 +174,34 @@ def test_watch_auto_resumes_an_outbid_instance_that_vast_marks_intended_stopped(
     steps = [r["step"] for r in map(json.loads, (local / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
     assert steps == list(range(1, 31))
     assert len(world.vast.destroyed) == 2 and nothing_left(world)
+
+
+def test_an_instance_outbid_while_up_waits_for_its_ssh_ends_the_wait_at_once(world, capfd):
+    dead = socket.socket()  # SSH never answers, so `up` sits in its wait for it
+    dead.bind(("127.0.0.1", 0))
+    world.vast.ssh_port = dead.getsockname()[1]
+    world.vast.outbid_stops_intent = True
+    world.write_config(vast={"interruptible": True}, remote={"connect_timeout_s": 120})
+
+    def outbid_once_running() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            running = [i for i, inst in list(world.vast.instances.items()) if inst["actual_status"] == "running"]
+            if running:
+                time.sleep(1.0)  # `up` is waiting for SSH by now
+                world.vast.preempted.update(running)
+                return
+            time.sleep(0.05)
+
+    outbid = threading.Thread(target=outbid_once_running, daemon=True)
+    outbid.start()
+    t0 = time.monotonic()
+    try:
+        _, err = world.cli(capfd, "up", code=2)
+    finally:
+        dead.close()
+    outbid.join()
+    assert time.monotonic() - t0 < 60  # not the 120 s SSH wait
+    errors = error_lines(" ".join(err.split()).replace(" error:", "\nerror:"))
+    assert len(errors) == 1 and "the instance was lost (stopped: outbid" in errors[0]
+    assert len(world.vast.destroyed) == 1 and nothing_left(world)
