@@ -63,21 +63,37 @@ def test_up_asks_for_direct_ssh_prefers_an_offer_with_direct_ports_and_uses_that
     assert nothing_left(world)
 
 
-@pytest.mark.parametrize("why", ["no direct ports", "list", "null", "no22", "direct port dead"])
+def mute_port(sock: socket.socket) -> None:
+    """Accepts and hangs up, as Docker's proxy does for a mapped port with no sshd behind it."""
+    sock.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                sock.accept()[0].close()
+            except OSError:
+                return
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+@pytest.mark.parametrize("why", ["no direct ports", "list", "null", "no22", "direct port dead", "direct port mute"])
 def test_without_a_working_direct_port_up_goes_through_the_proxy_and_says_so(world, proxy, capfd, why):
     world.vast.offers = [offer(101, 11, direct_port_count=0 if why == "no direct ports" else 4)]
     if why in ("list", "null", "no22"):
         world.vast.ports_as = why
-    dead = socket.socket()  # bound, never listening: the host's firewall drops the mapped port
-    if why == "direct port dead":
-        dead.bind(("127.0.0.1", 0))
-        world.vast.ssh_port = dead.getsockname()[1]
+    direct = socket.socket()  # bound, never listening: the host's firewall drops the mapped port
+    if why.startswith("direct port"):
+        direct.bind(("127.0.0.1", 0))
+        world.vast.ssh_port = direct.getsockname()[1]
+    if why == "direct port mute":
+        mute_port(direct)
     try:
         _, err = world.cli(capfd, "up")
     finally:
-        dead.close()
+        direct.close()
     assert f"SSH through Vast's proxy 127.0.0.1:{proxy.port}" in err
-    if why == "direct port dead":
+    if why.startswith("direct port"):
         assert "does not answer" in err
     assert proxy.connections > 0 and world.relay.connections == 0
     world.cli(capfd, "down")

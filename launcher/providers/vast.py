@@ -320,14 +320,17 @@ def pick_route(routes: list[tuple[str, str, int]]) -> tuple[str, str, int]:
 
 
 def answers(host: str, port: int, tries: int = 3) -> bool:
-    """Whether a TCP connection opens, tried a few times a second apart (sshd may still be starting)."""
+    """Whether an SSH server greets there ("SSH-"; Docker's proxy accepts a mapped port's connections even with
+    nothing behind it), tried a few times a second apart (sshd may still be starting)."""
     for attempt in range(tries):
         try:
-            socket.create_connection((host, port), timeout=DIRECT_PROBE_S).close()
-            return True
+            with socket.create_connection((host, port), timeout=DIRECT_PROBE_S) as conn, conn.makefile("rb") as f:
+                if f.read(4) == b"SSH-":
+                    return True
         except OSError:
-            if attempt + 1 < tries:
-                time.sleep(1.0)
+            pass
+        if attempt + 1 < tries:
+            time.sleep(1.0)
     return False
 
 
