@@ -165,7 +165,9 @@ def deploy(ctx: Ctx, job: str, resume: bool = False) -> Record:
         # A run that costs less than a cent (the smoke run: "41,717,233 tokens/s ... $0.00") projects nothing.
         rec.estimate = estimate if estimate and (estimate.total or 0) >= 0.01 else None
         rec.ssh = target
-        remote = Remote(target, rec.workdir, rec.tmux_socket).connect(cfg.remote.connect_timeout_s, quiet=False)
+        # Nothing of ours can stop it yet (the idle stop starts with the job): any stop now is an outbid.
+        lost = (lambda: instance_lost(ctx, rec, job_running_at=time.monotonic())) if prov.rents else None
+        remote = Remote(target, rec.workdir, rec.tmux_socket).connect(cfg.remote.connect_timeout_s, quiet=False, lost=lost)
         ctx.state.put(rec)  # now with the pinned host key
         ctx.state.write_ssh_files(rec)
         console.print(f"connected to {target.user}@{target.host}:{target.port} (host key pinned)")

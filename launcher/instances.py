@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import time
+
 from launcher.context import Ctx, provider_for
 from launcher.providers import Instance, Provider
 from launcher.providers.vast import LOST, SELF_STOPPED
 from launcher.state import Record
 
 
-def instance_lost(ctx: Ctx, rec: Record) -> str | None:
-    """Why a rented instance is no more (outbid, exited, gone), or None while it lives."""
+def instance_lost(ctx: Ctx, rec: Record, job_running_at: float | None = None) -> str | None:
+    """Why a rented instance is no more (outbid, exited, gone), or None while it lives.
+
+    `job_running_at`: when (time.monotonic) the job was last seen running, or not yet started. Vast may mark an
+    outbid instance intended `stopped` just as a stop of its own (dstack sees it so); an interruptible one that
+    stopped sooner after than its idle stop could have fired was outbid.
+    """
     if not rec.instance_id:
         return None
     inst = provider_for(ctx, rec).get(rec.instance_id)
     if inst is None:
         return "gone"
-    if inst.status == SELF_STOPPED:
+    if inst.status == SELF_STOPPED and not outbid(ctx, inst, job_running_at):
         return SELF_STOPPED
-    if inst.status in LOST:
-        return inst.status + (f": {inst.message}" if inst.message else "")
+    if inst.status in (*LOST, SELF_STOPPED):
+        status = "stopped" if inst.status == SELF_STOPPED else inst.status
+        return status + (f": {inst.message}" if inst.message else "")
     return None
+
+
+def outbid(ctx: Ctx, inst: Instance, job_running_at: float | None) -> bool:
+    idle_after = ctx.cfg.remote.idle_stop_after_s
+    return (bool(inst.raw.get("is_bid")) and job_running_at is not None
+            and (idle_after == 0 or time.monotonic() - job_running_at < idle_after))
 
 
 def is_running(rec: Record, inst: Instance | None) -> bool:

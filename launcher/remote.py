@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -148,8 +149,9 @@ class Remote:
 
     # --- connection -----------------------------------------------------------------
 
-    def connect(self, timeout_s: float = 60.0, quiet: bool = False) -> "Remote":
-        """Retry until SSH answers and lets us in, or the deadline passes (a UserError)."""
+    def connect(self, timeout_s: float = 60.0, quiet: bool = False, lost: Callable[[], str | None] | None = None) -> "Remote":
+        """Retry until SSH answers and lets us in, or the deadline passes (a UserError); `lost`, asked after each
+        failed try, says why the host is gone for good (a rented instance outbid), which ends the wait at once."""
         t = self.target
         if t.key_file and not Path(t.key_file).expanduser().is_file():
             raise UserError(f"SSH key {t.key_file} not found: set ssh_key (or ssh.identity_file) in the launcher config")
@@ -166,6 +168,8 @@ class Remote:
                     last = f"authentication failed ({e}); is the key {t.key_file} authorized there?"
                 except CONNECTION_ERRORS as e:
                     last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                if lost is not None and (why := lost()):
+                    raise UserError(f"SSH to {t.user}@{t.host}:{t.port} given up: the instance was lost ({why})")
                 if time.monotonic() + delay > deadline:
                     raise UserError(f"SSH to {t.user}@{t.host}:{t.port} failed for {timeout_s:.0f} s: {last}")
                 if spinner is not None:

@@ -119,17 +119,18 @@ def follow(ctx: Ctx, auto_resume: bool) -> int:
 
 def _follow(ctx: Ctx, auto_resume: bool) -> int:
     w = ctx.cfg.watch
-    resumes, unreachable_since, failing_since = 0, None, None
+    resumes, unreachable_since, failing_since, job_running_at = 0, None, None, None
     while True:
         rec = ctx.record()
         assert rec.job is not None, "watch needs a started job"
         try:
-            lost = instance_lost(ctx, rec)
+            lost = instance_lost(ctx, rec, job_running_at)
             if lost == SELF_STOPPED:  # the job ended while nobody watched; its disk holds what was not pulled
                 console.print(f"[yellow]{self_stopped_text(rec)}[/]")
                 return 1
             state = None if lost else look(ctx, rec)
             if not lost:
+                job_running_at = time.monotonic() if state is None else None
                 pull_run(ctx, rec, None, report=state is not None)
             unreachable_since = failing_since = None
         except Exception as e:

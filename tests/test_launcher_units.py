@@ -16,7 +16,7 @@ from launcher.plan import plan_job
 from launcher.resume import latest_local_checkpoint
 from launcher.config import LauncherConfig, load_launcher_config
 from launcher.providers.base import Instance
-from launcher.providers.vast import api_key, ssh_endpoint
+from launcher.providers.vast import api_key, ssh_routes
 from launcher.state import Estimate, JobInfo, Record, SSHTarget, State
 from trainer.config import ConfigError
 from trainer.errors import UserError
@@ -194,7 +194,7 @@ def test_create_sends_the_documented_fields_and_interruptible_always_sends_a_pri
     inst = p.create(o, "llm-forge-t-1")
     _, path, body = next(r for r in vast.requests if r[0] == "PUT")
     assert path == f"/api/v0/asks/{o.id}/"
-    assert body["client_id"] == "me" and body["runtype"] == "ssh" and body["image"] == "me/llm-forge:0.1.0"
+    assert body["client_id"] == "me" and body["runtype"] == "ssh_direc ssh_proxy" and body["image"] == "me/llm-forge:0.1.0"
     assert body["disk"] == 80 and body["label"] == "llm-forge-t-1" and isinstance(body["env"], dict)
     assert body["price"] == pytest.approx(o.min_bid * 1.05)
     assert vast.instances[int(inst.id)]["is_bid"]
@@ -236,10 +236,10 @@ def test_statuses_advance_to_running_and_the_ssh_endpoint_comes_from_one_source(
     inst = p.create(p.find()[0], "llm-forge-w-1")
     target = p.wait_ready(inst.id)
     assert (target.host, target.port, target.user) == ("127.0.0.1", 2222, "root")
-    assert ssh_endpoint({"public_ipaddr": "5.6.7.8", "ports": {"22/tcp": [{"HostPort": "41022"}]},
-                         "ssh_host": "ssh4.vast.ai", "ssh_port": 30022}) == ("5.6.7.8", 41022)
-    assert ssh_endpoint({"public_ipaddr": "5.6.7.8", "ports": {}, "ssh_host": "ssh4.vast.ai", "ssh_port": 30022}) == ("ssh4.vast.ai", 30022)
-    assert ssh_endpoint({"actual_status": "loading"}) is None
+    assert ssh_routes({"public_ipaddr": "5.6.7.8", "ports": {"22/tcp": [{"HostPort": "41022"}]},
+                       "ssh_host": "ssh4.vast.ai", "ssh_port": 30022}) == [("direct", "5.6.7.8", 41022), ("proxy", "ssh4.vast.ai", 30022)]
+    assert ssh_routes({"public_ipaddr": "5.6.7.8", "ports": {}, "ssh_host": "ssh4.vast.ai", "ssh_port": 30022}) == [("proxy", "ssh4.vast.ai", 30022)]
+    assert ssh_routes({"actual_status": "loading"}) == []
 
 
 def test_stuck_in_loading_is_destroyed_and_one_other_machine_is_tried(vast):

@@ -34,6 +34,19 @@ Account and API behaviours (#20 points 1, 2, 6, 7, 9), each behind its own switc
   `{"select_cols": ["*"], "q": query}` still answers (vast-cli vast.py `search__offers --new`).
 - Always: a create with `disk` under 8 GB is 400 (create_instance.yaml x-input-validation, disk min 8.0).
 
+Instance life behaviours (#20 3,4,5,8), each behind its own switch, from Vast's docs (api-reference/
+creating-instances-with-api.mdx, cli/reference/show-instance.mdx), vast-cli's `create instance` and dstack's Vast backend:
+- `runtype_decides_route`: runtype `ssh` is an alias of `ssh_proxy`; only a direct runtype (vast-cli's `--ssh --direct`
+  sends "ssh_direc ssh_proxy") on an offer with `direct_port_count` maps 22/tcp to an external port in `ports`,
+  a list of {HostIp, HostPort}. The proxy (`ssh_host`/`ssh_port`) is always there. `ports_as` gives `ports` the
+  other shapes some answers carry.
+- `start_fails_on`: machines whose NVIDIA runtime refuses the container: it sits in `created`, `status_msg` the
+  OCI runtime's error (dstack's backend fails on ": OCI runtime create failed:" in `created`).
+- `private_images`: pulled only when the create's `image_login` ("-u USER -p TOKEN REGISTRY") is the account's
+  registry login; otherwise the pull is denied as for a missing image.
+- `outbid_while_loading`, `outbid_stops_intent`: an outbid instance is `stopped`, its disk kept and billed; dstack
+  sees cur_state, intended_status and next_state all `stopped` then.
+
 Its instances ARE the test's sshd: a running instance's SSH target is 127.0.0.1 and a port given by the test.
 """
 
@@ -43,6 +56,7 @@ import base64
 import binascii
 import json
 import re
+import shlex
 import urllib.parse
 import threading
 import time
@@ -101,12 +115,23 @@ class VastStandIn:
     tfa_key: str | None = None  # a 2FA session key, as good as api_key until tfa_expired
     tfa_expired: bool = False  # every call with tfa_key: 404 "Session expired. Please log in again."
     bundles_status: int | None = None  # 404 / 410: POST /api/v0/bundles/ is gone; PUT /api/v0/search/asks/ answers
+    # instance life behaviours (#20 3,4,5,8)
+    runtype_decides_route: bool = False  # 22/tcp is mapped only for a direct runtype on an offer with direct ports
+    proxy_port: int | None = None  # where Vast's SSH proxy (ssh_host/ssh_port) answers; None: ssh_port
+    ports_as: str | None = None  # "list", "null" or "no22": `ports` in another shape than {"22/tcp": [...]}
+    start_fails_on: set[int] = field(default_factory=set)  # machine ids whose GPU runtime refuses the container
+    private_images: set[str] = field(default_factory=set)  # pulled only with the account's registry login
+    registry_user: str = "test-registry-user"
+    registry_token: str = "test-registry-token"
+    outbid_while_loading: set[int] = field(default_factory=set)  # machine ids where a higher bid wins before it runs
+    outbid_stops_intent: bool = False  # outbid: cur_state, intended_status and next_state all `stopped`
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._next_id = 5000
         self._count = 0
         self._polls: dict[int, int] = {}
+        self._logins: dict[int, str] = {}  # the create's image_login: Vast does not show it back
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -269,8 +294,10 @@ class VastStandIn:
             "gpu_name": o["gpu_name"], "num_gpus": o["num_gpus"], "dph_total": price, "disk_space": body.get("disk"),
             "is_bid": body.get("price") is not None, "start_date": time.time(), "env": body.get("env") or {},
             "onstart": body.get("onstart"), "public_ipaddr": None, "ports": {}, "ssh_host": None, "ssh_port": None,
+            "image_runtype": body["runtype"], "direct_port_count": o.get("direct_port_count", 0),
         }
         self._polls[iid] = 0
+        self._logins[iid] = str(body.get("image_login") or "")
         return 200, {"success": True, "new_contract": iid}
 
     def stop(self, iid: int, state: str) -> None:
@@ -298,7 +325,12 @@ class VastStandIn:
             inst["status_msg"] = "Error response from daemon: container exited with code 1"
         elif status == "loading":
             inst["status_msg"] = "Pulling image layers: 3/7"
-        if inst["image_uuid"] in self.missing_images and status in ("loading", "running"):
+        if inst["machine_id"] in self.start_fails_on and status in ("loading", "running"):
+            status = "created"  # never leaves it; Vast keeps the disk (and bills it)
+            inst["status_msg"] = OCI_FAILED
+        if inst["machine_id"] in self.outbid_while_loading and status in ("loading", "running"):
+            self.preempted.add(iid)
+        if (inst["image_uuid"] in self.missing_images or not self.may_pull(iid)) and status in ("loading", "running"):
             status = "loading"  # it never runs
             repo = inst["image_uuid"].rsplit(":", 1)[0]
             inst["status_msg"] = (f"Error response from daemon: pull access denied for {repo}, repository does not exist "
@@ -308,14 +340,30 @@ class VastStandIn:
         if iid in self.preempted:
             status = "stopped"
             inst["status_msg"] = "outbid: a higher bid took the machine"  # it still wants to run: intended stays
+            if self.outbid_stops_intent:
+                inst.update(intended_status="stopped", cur_state="stopped", next_state="stopped")
         inst["actual_status"] = status
         if status == "running":
-            if self.direct_port:
+            direct = self.direct_port
+            if self.runtype_decides_route:
+                direct = "ssh_direc" in inst["image_runtype"] and inst["direct_port_count"] > 0
+            if direct:
                 inst["public_ipaddr"] = "127.0.0.1"
                 inst["ports"] = {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(self.ssh_port)}]}
-            inst["ssh_host"], inst["ssh_port"] = "127.0.0.1", self.ssh_port
+            inst["ports"] = {None: inst["ports"], "null": None, "no22": {"8080/tcp": [{"HostIp": "0.0.0.0", "HostPort": "41080"}]},
+                             "list": [{"HostIp": "0.0.0.0", "HostPort": str(self.ssh_port)}]}[self.ports_as]
+            inst["ssh_host"], inst["ssh_port"] = "127.0.0.1", self.proxy_port or self.ssh_port
             inst["status_msg"] = "success, running"
         return self.view(inst)
+
+    def may_pull(self, iid: int) -> bool:
+        """A private image pulls only with `-u USER -p TOKEN REGISTRY` naming the account's login and the image's registry."""
+        image = self.instances[iid]["image_uuid"]
+        if image not in self.private_images:
+            return True
+        first = image.split("/")[0]
+        registry = first if "/" in image and ("." in first or ":" in first or first == "localhost") else "docker.io"
+        return shlex.split(self._logins[iid]) == ["-u", self.registry_user, "-p", self.registry_token, registry]
 
     def view(self, inst: dict) -> dict:
         return json.loads(json.dumps(inst))
@@ -329,6 +377,11 @@ OPS = {
 }
 # What a scoped key lacking the route's permission gets (the docs' Error schema; the words are ours).
 FORBIDDEN = {"success": False, "error": "permission_denied", "msg": "key lacks permission"}
+OCI_FAILED = ("Error response from daemon: failed to create task for container: failed to create shim task: OCI runtime "
+              "create failed: runc create failed: unable to start container process: error during container init: error "
+              "running hook #0: error running hook: exit status 1, stdout: , stderr: Auto-detected mode as 'legacy' "
+              "nvidia-container-cli: requirement error: unsatisfied condition: cuda>=12.8, please update your driver to a "
+              "newer version, or use an earlier cuda container: unknown")
 RUNTYPES = ("ssh", "ssh_direct", "ssh_proxy", "ssh_direc ssh_proxy", "jupyter", "jupyter_proxy ssh_proxy", "args")
 
 

@@ -28,6 +28,7 @@ class Offer:
     cuda: float = 0.0
     min_bid: float | None = None
     location: str = ""
+    direct_ports: int = 0  # ports the host can map straight to the instance (SSH without a proxy)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import socket
 import time
 import urllib.parse
 from pathlib import Path
@@ -30,6 +31,11 @@ SELF_STOPPED = "stopped itself"  # the status of an instance whose own `jobs idl
 # Docker's own words for a pull that can never succeed; Vast passes them on in `status_msg` and keeps retrying.
 PULL_FAILED = ("pull access denied", "manifest unknown", "repository does not exist", "invalid reference format",
                "unauthorized")
+# The NVIDIA runtime refusing the container (driver too old for the image's CUDA...): the instance sits in
+# `created` for good. dstack's Vast backend fails on the same words.
+START_FAILED = ": OCI runtime create failed:"
+SSH_DIRECT_OR_PROXY = "ssh_direc ssh_proxy"  # what `vastai create instance --ssh --direct` sends; plain "ssh" is proxy only
+DIRECT_PROBE_S = 5.0
 PLAIN_EVERY_S = 10.0  # without a terminal (CI, a log file), the wait prints a plain line this often
 console = Console(stderr=True)
 
@@ -118,6 +124,7 @@ class VastProvider:
                 cuda=float(r.get("cuda_max_good") or 0.0),
                 min_bid=float(r["min_bid"]) if r.get("min_bid") is not None else None,
                 location=str(r.get("geolocation") or ""),
+                direct_ports=int(r.get("direct_port_count") or 0),
             )
             for r in rows
         ]
@@ -169,8 +176,10 @@ class VastProvider:
             "label": label,
             "env": {},  # nothing secret here: Vast shows env to anyone with the instance
             "onstart": f"mkdir -p {shlex.quote(self.workdir)}",
-            "runtype": "ssh",
+            "runtype": SSH_DIRECT_OR_PROXY,
         }
+        if login := image_login(self.cfg.image):
+            body["image_login"] = login  # in the request body only: never printed, never recorded
         if self.cfg.interruptible:
             body["price"] = self.price_for(offer)  # without it Vast silently rents on-demand
             body["cancel_unavail"] = True  # else an outbid create sits "stopped", billing its disk
@@ -218,11 +227,15 @@ class VastProvider:
                     said, said_at = last, time.monotonic()
                 if inst.status != "running" and any(m in inst.message.lower() for m in PULL_FAILED):
                     raise ImageUnpullable(f"instance {instance_id} cannot pull the image {self.image}: {inst.message}")
+                if inst.status == "created" and START_FAILED in inst.message:  # the machine's fault: another may start it
+                    raise ProvisionError(f"instance {instance_id} cannot start its container: {inst.message}")
+                if inst.status in ("stopped", SELF_STOPPED):  # nothing of ours runs there yet to stop it: outbid
+                    raise ProvisionError(f"instance {instance_id} was stopped before it ran ({inst.message or 'outbid'})")
                 if inst.status in NEVER_RUNNING:
                     raise ProvisionError(f"instance {instance_id} is {last}")
-                endpoint = ssh_endpoint(inst.raw)
-                if inst.status == "running" and endpoint:
-                    host, port = endpoint
+                if inst.status == "running" and (routes := ssh_routes(inst.raw)):
+                    route, host, port = pick_route(routes)
+                    console.print(f"instance {instance_id}: SSH {route}", highlight=False)
                     return SSHTarget(host=host, port=port, user="root", key_file=self.key_file)
                 if time.monotonic() >= deadline:
                     raise ProvisionError(f"instance {instance_id} not running after {self._timeout_text(timeout_s)}: {last}")
@@ -236,6 +249,7 @@ class VastProvider:
         if not offers:
             raise UserError("no Vast offer fits the config (vast.gpu_names, max_dph, min_reliability, ...): loosen it")
         self.register_key()
+        offers = sorted(offers, key=lambda o: o.direct_ports == 0)  # stable: direct SSH first, each side as ranked
         machines_tried: set[str] = set()
         failure: ProvisionError | None = None
         for offer in offers:
@@ -317,14 +331,71 @@ class VastProvider:
         return True
 
 
-def ssh_endpoint(raw: dict) -> tuple[str, int] | None:
-    """Direct port when Vast mapped 22/tcp, else its SSH proxy; host and port from the same source."""
-    direct = (raw.get("ports") or {}).get("22/tcp")
-    if raw.get("public_ipaddr") and direct:
-        return str(raw["public_ipaddr"]).strip(), int(direct[0]["HostPort"])
-    if raw.get("ssh_host") and raw.get("ssh_port"):
-        return str(raw["ssh_host"]), int(raw["ssh_port"])
-    return None
+def ssh_routes(raw: dict) -> list[tuple[str, str, int]]:
+    """(route, host, port): the direct port when Vast mapped 22/tcp to one, then its SSH proxy.
+
+    `ports` is {"22/tcp": [{"HostIp", "HostPort"}]} as vast-cli's `ssh-url` reads it; any other shape (a list,
+    null, no 22/tcp) means no direct route, never a crash.
+    """
+    routes = []
+    ports = raw.get("ports")
+    mapped = ports.get("22/tcp") if isinstance(ports, dict) else None
+    first = mapped[0] if isinstance(mapped, list) and mapped and isinstance(mapped[0], dict) else {}
+    if raw.get("public_ipaddr") and str(first.get("HostPort", "")).strip().isdigit():
+        routes.append(("direct", str(raw["public_ipaddr"]).strip(), int(first["HostPort"])))
+    if raw.get("ssh_host") and str(raw.get("ssh_port") or "").isdigit():
+        routes.append(("proxy", str(raw["ssh_host"]).strip(), int(raw["ssh_port"])))
+    return routes
+
+
+def pick_route(routes: list[tuple[str, str, int]]) -> tuple[str, str, int]:
+    """The direct route when its port answers (the wheel and every pull go faster), else the proxy; the first
+    element says which and why."""
+    direct = next((r for r in routes if r[0] == "direct"), None)
+    proxy = next((r for r in routes if r[0] == "proxy"), None)
+    if direct and (proxy is None or answers(direct[1], direct[2])):
+        return f"direct {direct[1]}:{direct[2]}", direct[1], direct[2]
+    assert proxy is not None
+    why = f"direct port {direct[1]}:{direct[2]} does not answer" if direct else "the host has no direct port"
+    return f"through Vast's proxy {proxy[1]}:{proxy[2]} ({why})", proxy[1], proxy[2]
+
+
+def answers(host: str, port: int, tries: int = 3) -> bool:
+    """Whether an SSH server greets there ("SSH-"; Docker's proxy accepts a mapped port's connections even with
+    nothing behind it), tried a few times a second apart (sshd may still be starting)."""
+    for attempt in range(tries):
+        try:
+            with socket.create_connection((host, port), timeout=DIRECT_PROBE_S) as conn, conn.makefile("rb") as f:
+                if f.read(4) == b"SSH-":
+                    return True
+        except OSError:
+            pass
+        if attempt + 1 < tries:
+            time.sleep(1.0)
+    return False
+
+
+def image_login(image: str | None) -> str | None:
+    """Vast's `image_login` ("-u USER -p TOKEN REGISTRY") for the user's own image, from the login `launcher image push`
+    uses: $DOCKER_USERNAME / $DOCKER_PASSWORD, else the docker CLI's stored login for that registry; None without one."""
+    if not image:
+        return None  # the stock image is public
+    from docker import auth  # only here: the docker SDK is for images, and most `up`s never need it
+    from docker.errors import DockerException
+
+    try:
+        registry, _ = auth.resolve_repository_name(image)  # as `image push` resolves it; Docker Hub is docker.io
+    except DockerException:
+        raise UserError(f"vast.image {image!r} is not an image name (<registry>/<namespace>/<name>:<tag>)") from None
+    user, password = os.environ.get("DOCKER_USERNAME"), os.environ.get("DOCKER_PASSWORD")
+    if not (user and password):
+        try:
+            stored = auth.load_config().resolve_authconfig(registry) or {}
+        except DockerException as e:  # a credential helper that fails: the image may be public
+            console.print(f"[yellow]no registry login for {registry} ({e}); the image must be public[/]")
+            stored = {}
+        user, password = stored.get("username") or stored.get("Username"), stored.get("password") or stored.get("Password")
+    return shlex.join(["-u", user, "-p", password, registry]) if user and password else None
 
 
 def _instance(raw: dict) -> Instance:
