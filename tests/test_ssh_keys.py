@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from badinput import assert_refused, snapshot
+from conftest import run_launcher
 from launcher.config import SshHostConfig
 from launcher.providers.ssh import SshProvider
 from launcher.remote import Remote
@@ -77,12 +79,6 @@ def host_entry(world: World, *extra: str) -> None:
     (world.home / ".ssh" / "config").write_text("\n".join(lines) + "\n")
 
 
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
 # --- `launcher up --provider ssh` --------------------------------------------------------
 
 
@@ -121,24 +117,25 @@ def test_a_host_that_refuses_every_key_is_one_line_naming_the_host_and_what_was_
     shutil.move(new_key(world, "id_ed25519", authorize=False), world.home / ".ssh" / "id_ed25519")
     host_entry(world)
     world.write_config(provider="ssh")
+    before = snapshot(world.state.dir, world.workdir)
     with ssh_agent(world.mp, a, b):
         t0 = time.monotonic()
-        _, err = world.cli(capfd, "up", "--host", "gpubox", code=2)
-    line = one_error_line(err)
-    assert f"root@127.0.0.1:{world.relay.port}" in line
-    assert "every key was refused (tried agent (2 keys), ~/.ssh/id_ed25519)" in line
+        code, _, err = run_launcher(capfd, "up", "--host", "gpubox")
+    assert_refused(code, err, before, snapshot(world.state.dir, world.workdir),
+                   "every key was refused (tried agent (2 keys), ~/.ssh/id_ed25519)")
+    assert f"SSH to root@127.0.0.1:{world.relay.port}:" in err
     assert time.monotonic() - t0 < 10  # a host of the user's own says no once: not retried for connect_timeout_s
-    assert world.state.load() == {} and not world.workdir.exists()
 
 
 def test_a_host_that_is_down_is_one_line(world, capfd):
     shutil.move(new_key(world, "id_ed25519", authorize=True), world.home / ".ssh" / "id_ed25519")
-    world.write_config(provider="ssh", ssh={"host": "127.0.0.1", "port": free_port(), "user": "root"},
+    port = free_port()
+    world.write_config(provider="ssh", ssh={"host": "127.0.0.1", "port": port, "user": "root"},
                        remote={"connect_timeout_s": 2})
-    _, err = world.cli(capfd, "up", code=2)
-    line = one_error_line(err)
-    assert "127.0.0.1" in line and "failed for 2 s" in line and "Connection refused" in line
-    assert world.state.load() == {}
+    before = snapshot(world.state.dir, world.workdir)
+    code, _, err = run_launcher(capfd, "up")
+    assert_refused(code, err, before, snapshot(world.state.dir, world.workdir),
+                   f"SSH to root@127.0.0.1:{port} failed for 2 s: Connection refused")
 
 
 # --- ~/.ssh/config's IdentityFile and IdentitiesOnly, on the SSH layer ------------------------
