@@ -2,7 +2,8 @@
 
 In CI or a log file, tqdm's `\\r` redraws become hundreds of fragments on one
 line; there the same bar prints one whole line every PLAIN_INTERVAL_S seconds
-(tqdm's own TQDM_MININTERVAL variable changes that), and a last one at the end.
+(tqdm's own TQDM_MININTERVAL variable changes that), and a last one at the end
+of a step that printed any (one shorter than that ends with its summary alone).
 """
 
 from __future__ import annotations
@@ -35,5 +36,6 @@ def progress(**kwargs) -> tqdm:
         kwargs["file"] = _Lines(sys.stderr)
         kwargs.pop("dynamic_ncols", None)
         interval = float(os.environ.get("TQDM_MININTERVAL", PLAIN_INTERVAL_S))
-        kwargs.update(mininterval=interval, maxinterval=interval)
+        # delay: no line before there is progress to tell (a step that fails at once says only why).
+        kwargs.update(mininterval=interval, maxinterval=interval, delay=1e-6)
     return tqdm(**kwargs)

@@ -43,9 +43,11 @@ from pathlib import Path, PurePosixPath
 import paramiko
 from fabric import Config, Connection
 from invoke.exceptions import CommandTimedOut, ThreadException
+from paramiko.auth_strategy import AuthFailure
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+from launcher.identities import OpenSSHKeys, tried
 from launcher.state import SSHTarget
 from trainer.errors import UserError
 from trainer.fileio import parse_jsonl
@@ -57,6 +59,15 @@ logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 # What a dropped or refused connection looks like from paramiko and the socket layer.
 CONNECTION_ERRORS = (OSError, EOFError, paramiko.SSHException)
+
+
+def connection_error(e: BaseException) -> str:
+    """A failed connection in a few words: "Connection refused", not paramiko's "[Errno None] Unable to connect"."""
+    if isinstance(e, paramiko.ssh_exception.NoValidConnectionsError):
+        e = next(iter(e.errors.values()))  # one per address tried; the first says it
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
 class HostKeyChanged(UserError):
@@ -164,10 +175,12 @@ class Remote:
                     return self
                 except HostKeyChanged:
                     raise
-                except paramiko.AuthenticationException as e:
-                    last = f"authentication failed ({e}); is the key {t.key_file} authorized there?"
+                except AuthFailure as e:
+                    last = f"every key was refused (tried {tried(e)})"
+                    if not t.await_keys:
+                        raise UserError(f"SSH to {t.user}@{t.host}:{t.port}: {last}") from None
                 except CONNECTION_ERRORS as e:
-                    last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                    last = connection_error(e)
                 if lost is not None and (why := lost()):
                     raise UserError(f"SSH to {t.user}@{t.host}:{t.port} given up: the instance was lost ({why})")
                 if time.monotonic() + delay > deadline:
@@ -180,7 +193,6 @@ class Remote:
     def _connect_once(self) -> None:
         self.close()
         t = self.target
-        key_file = str(Path(t.key_file).expanduser()) if t.key_file else None
         gateway: Connection | str | bool = False
         if t.proxy_jump:
             gateway = jump_gateway(t.proxy_jump)
@@ -188,8 +200,8 @@ class Remote:
             gateway = expand_proxy(t.proxy_command, t)
         # The target is what the record says (resolved from ssh_config once, by the provider): no ssh_config here.
         conn = Link(t.host, user=t.user, port=t.port, config=Config(lazy=True), gateway=gateway, connect_timeout=10,
-                    connect_kwargs={"key_filename": key_file, "look_for_keys": key_file is None,
-                                    "allow_agent": key_file is None, "banner_timeout": 15, "auth_timeout": 15})
+                    connect_kwargs={"auth_strategy": OpenSSHKeys(t.user, t.key_file, t.identities_only),
+                                    "banner_timeout": 15, "auth_timeout": 15})
         lookup = t.host if t.port == 22 else f"[{t.host}]:{t.port}"  # how paramiko files a host key
         if t.host_key:
             kind, b64 = t.host_key.split()[:2]

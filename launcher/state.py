@@ -43,6 +43,12 @@ class SSHTarget:
     port: int = 22
     user: str = "root"
     key_file: str | None = None
+    # ssh_config's IdentitiesOnly: only key_file (without one, the ~/.ssh/id_* defaults) and the agent's copy of it.
+    # False: the agent's other keys too, as a plain `ssh HOST` (launcher/identities.py).
+    identities_only: bool = True
+    # A rented host may take our key only after its sshd answers: a refusal is retried until the deadline.
+    # False for a host of the user's own, where a refusal is final.
+    await_keys: bool = True
     proxy_command: str | None = None  # with %h %p %r as in ssh_config
     proxy_jump: str | None = None  # ssh_config's ProxyJump: hops reached first, each resolved through ~/.ssh/config
     host_key: str | None = None  # "<type> <base64>", pinned on first contact
@@ -197,7 +203,9 @@ class State:
             "  LogLevel ERROR",
         ]
         if t.key_file:
-            lines += [f'  IdentityFile "{Path(t.key_file).expanduser()}"', "  IdentitiesOnly yes"]
+            lines.append(f'  IdentityFile "{Path(t.key_file).expanduser()}"')
+        if t.identities_only:
+            lines.append("  IdentitiesOnly yes")
         if t.proxy_jump:
             # Not `ProxyJump`: OpenSSH would look the jump hosts up in this file (-F), where the user's aliases are
             # not. The inner ssh reads the user's own config, the one the launcher's SSH layer read them from.

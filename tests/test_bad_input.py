@@ -23,6 +23,7 @@ import pytest
 
 from badinput import assert_refused, snapshot
 from conftest import VOCAB, run_launcher
+from data_fixtures import build_corpus
 
 TINY = ["--set", f"model.vocab_size={VOCAB}", "--set", "model.seq_len=32", "--set", "train.overfit_check.steps=15"]
 SMOKE = ["train", "--smoke", *TINY]  # over the template's smoke run, which has checkpoints to lose
@@ -84,6 +85,11 @@ def truncated_checkpoint(w: Path) -> None:
     cut("pulled/step_000006/model.safetensors", 1000)(w)
 
 
+def raw_corpus(w: Path) -> None:
+    """The smoke config's prepare sources (data/raw/...), in their real record formats."""
+    build_corpus(w / "data" / "raw", c4_docs=20, near_pairs=2)
+
+
 def runs_is_a_file(w: Path) -> None:
     shutil.rmtree(w / "runs")
     (w / "runs").write_text("not a folder\n")
@@ -104,6 +110,10 @@ FULL_RUNS = in_mount_namespace("mount -t tmpfs -o size=16k tmpfs runs && { head 
 
 def small_file_limit() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))  # writing past 64 bytes fails with EFBIG
+
+
+def data_file_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 10, 16 << 10))  # job.json fits; prepare's first batch does not
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +224,9 @@ JOBS = [
     Case("runs-read-only", SMOKE, "runs/smoke/job.json: Read-only file system", wrap=READ_ONLY_RUNS),
     Case("disk-full", SMOKE, "runs/smoke/job.json: No space left on device", wrap=FULL_RUNS),
     Case("file-too-large", SMOKE, "runs/smoke/job.json: File too large", preexec=small_file_limit),
+    # over data it would replace: the data stays, and no .tmp file or progress checkpoint is left
+    Case("prepare-file-too-large", ["prepare", "--smoke", *TINY], "data/train.bin.tmp: File too large", raw_corpus,
+         preexec=data_file_limit),
     Case("demo-corpus-out-is-a-file", ["demo-corpus", "--out", "data/train.bin"], "--out data/train.bin is a file, not a folder"),
     Case("demo-corpus-out-inside-a-file", ["demo-corpus", "--out", "data/train.bin/raw"], "data/train.bin/raw: Not a directory"),
 ]

@@ -5,8 +5,22 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+@contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """Writes through an open file: a full disk or a file size limit then says which file, which
+    a failed write() does not (its OSError has no filename)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno and not e.filename:
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, mode: int | None = None) -> None:

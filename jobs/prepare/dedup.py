@@ -7,6 +7,7 @@ a log (key + signature) so that `--resume` can rebuild the index exactly.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from jobs.config import DedupConfig
 from jobs.prepare.minhash import KEY_BYTES, Permutations
+from trainer.fileio import naming
 
 
 def permutations(cfg: DedupConfig) -> Permutations:
@@ -35,6 +37,7 @@ class Deduplicator:
         self.count = 0
         if log_path and resume_bytes is not None:
             self._replay(log_path, resume_bytes)
+        self.log_path = log_path
         self._log = open(log_path, "ab" if resume_bytes is not None else "wb") if log_path else None
 
     def _lean(self, sig: np.ndarray) -> LeanMinHash:
@@ -49,7 +52,8 @@ class Deduplicator:
             return "near"
         self._add(key, sig, mh)
         if self._log:
-            self._log.write(key + sig.astype("<u4").tobytes())
+            with naming(self.log_path):
+                self._log.write(key + sig.astype("<u4").tobytes())
         return None
 
     def _add(self, key: bytes, sig: np.ndarray, mh: LeanMinHash | None) -> None:
@@ -69,7 +73,8 @@ class Deduplicator:
         """Flush the log; its length is what a checkpoint records."""
         if not self._log:
             return 0
-        self._log.flush()
+        with naming(self.log_path):
+            self._log.flush()
         return self._log.tell()
 
     def _replay(self, log_path: Path, nbytes: int) -> None:
@@ -83,4 +88,11 @@ class Deduplicator:
 
     def close(self) -> None:
         if self._log:
-            self._log.close()
+            with naming(self.log_path):
+                self._log.close()
+
+    def abandon(self) -> None:
+        """After a failure: close without a word; a checkpoint's log length is what --resume reads back."""
+        if self._log:
+            with contextlib.suppress(OSError):
+                self._log.close()

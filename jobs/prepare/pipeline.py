@@ -172,6 +172,7 @@ def run_prepare(cfg: JobConfig, resume: bool = False) -> dict:
     streams = check_sources(pcfg)  # every input is checked before anything on disk changes
     if resume and state is None:
         print("prepare: no checkpoint to resume from; starting from the beginning")
+    made_dir = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True)
     if state is None:
         ckpt.clear()
@@ -185,8 +186,10 @@ def run_prepare(cfg: JobConfig, resume: bool = False) -> dict:
     elapsed0 = state["seconds"] if state else 0.0
     workers = tok.threads(pcfg.num_workers)
     start = time.time()
+    saved = state is not None  # a checkpoint on disk that --resume continues from
 
     def save_checkpoint() -> None:
+        nonlocal saved
         writer.flush()
         ckpt.save(
             {
@@ -198,6 +201,7 @@ def run_prepare(cfg: JobConfig, resume: bool = False) -> dict:
                 "seconds": elapsed0 + time.time() - start,
             }
         )
+        saved = True
 
     stream = itertools.islice(documents(pcfg, streams), consumed, None)  # the mix is deterministic: skip what is done
     init_args = (pcfg, str(cfg.data.tokenizer), permutations(pcfg.dedup))
@@ -236,20 +240,27 @@ def run_prepare(cfg: JobConfig, resume: bool = False) -> dict:
                 last_ckpt = consumed
             if pcfg.target_train_tokens and writer.tokens["train"] >= pcfg.target_train_tokens:
                 break
+        if writer.tokens["train"] == 0 or (pcfg.val_fraction > 0 and writer.tokens["val"] == 0):
+            raise DataError(
+                f"prepare kept too little text ({writer.tokens['train']:,} train / {writer.tokens['val']:,} val tokens) "
+                f"from {consumed:,} documents; check the sources and filters"
+            )
     except BaseException:
-        writer.close()  # what the last checkpoint covers stays for --resume; the .tmp names say it is unfinished
+        bar.leave = False  # no last progress line: the error line says how it ended
+        # What the last checkpoint covers stays for --resume (the .tmp names say it is unfinished);
+        # without one, nothing of this run stays.
+        writer.abandon(remove=not saved)
+        dedup.abandon()
+        if not saved:
+            ckpt.clear()
+            if made_dir and not any(data_dir.iterdir()):
+                data_dir.rmdir()
         raise
     finally:
         if pool:
             _stop_pool(pool)  # all results are in, or no longer wanted
         bar.close()
-        dedup.close()
-    if writer.tokens["train"] == 0 or (pcfg.val_fraction > 0 and writer.tokens["val"] == 0):
-        writer.close()
-        raise DataError(
-            f"prepare kept too little text ({writer.tokens['train']:,} train / {writer.tokens['val']:,} val tokens) "
-            f"from {consumed:,} documents; check the sources and filters"
-        )
+    dedup.close()
     meta = _finish(cfg, writer, stats, tokenizer_sha, consumed, elapsed0 + time.time() - start)
     ckpt.clear()
     _print_summary(meta)

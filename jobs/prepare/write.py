@@ -9,13 +9,14 @@ complete, and `data_meta.json` (with each file's sha256) is written last.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 
 from trainer.errors import DataError
-from trainer.fileio import atomic_write_json, read_json
+from trainer.fileio import atomic_write_json, naming, read_json
 
 SPLITS = ("train", "val")
 
@@ -47,17 +48,29 @@ class TokenWriter:
         return self.dir / f"{split}.bin.tmp"
 
     def write(self, split: str, ids: np.ndarray) -> None:
-        self.files[split].write(ids.astype(self.dtype, copy=False).tobytes())
+        with naming(self.tmp_path(split)):
+            self.files[split].write(ids.astype(self.dtype, copy=False).tobytes())
         self.tokens[split] += len(ids)
 
     def flush(self) -> None:
-        for f in self.files.values():
-            f.flush()
-            os.fsync(f.fileno())
+        for split, f in self.files.items():
+            with naming(self.tmp_path(split)):
+                f.flush()
+                os.fsync(f.fileno())
 
     def close(self) -> None:
-        for f in self.files.values():
-            f.close()
+        for split, f in self.files.items():
+            with naming(self.tmp_path(split)):
+                f.close()
+
+    def abandon(self, remove: bool) -> None:
+        """After a failure: close without a word (what is still buffered is past any checkpoint), and with
+        `remove`, take the files away."""
+        for split, f in self.files.items():
+            with contextlib.suppress(OSError):
+                f.close()
+            if remove:
+                self.tmp_path(split).unlink(missing_ok=True)
 
     def finish(self) -> dict[str, Path]:
         """Rename the complete files into place; returns {split: path}."""

@@ -23,7 +23,7 @@ def get_provider(cfg: LauncherConfig, name: str | None = None) -> Provider:
     if name == "ssh":
         from launcher.providers.ssh import SshProvider
 
-        return SshProvider(cfg.ssh, default_key=key)
+        return SshProvider(cfg.ssh)
     raise ValueError(f"unknown provider {name!r}")
 
 
