@@ -196,7 +196,7 @@ def model_card(run_dir: Path, model_cfg: ModelConfig, data_meta: dict | None, ho
         'tok = AutoTokenizer.from_pretrained("<this repo>")',
         'model = AutoModelForCausalLM.from_pretrained("<this repo>")',
         'ids = tok("Once upon a time", return_tensors="pt").input_ids',
-        "print(tok.decode(model.generate(ids, max_new_tokens=40)[0]))",
+        "print(tok.decode(model.generate(ids, max_new_tokens=40)[0], skip_special_tokens=True))",
         "```",
     ]
     return "\n".join(lines) + "\n"
