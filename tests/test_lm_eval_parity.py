@@ -79,6 +79,9 @@ def test_lm_eval_scores_the_export_exactly_as_jobs_eval_does(workdir, tmp_path):
         assert len(samples) == len(items)
         for sample in samples:
             item = items[sample["doc_id"]]
+            # its own preprocessing makes the prompts jobs.tasks makes
+            args = [(a["arg_0"], a["arg_1"]) for a in sample["arguments"].values()]  # {"gen_args_0": {"arg_0": ...
+            assert args == [(item.context, " " + c) for c in item.choices]
             pairs = [encode_pair(sp, item.context, " " + choice) for choice in item.choices]
             theirs = [float(ll) for ll, _greedy in (resp[0] for resp in sample["resps"])]  # strings in the file
             assert theirs == pytest.approx(loglikelihoods(model, pairs, cfg.seq_len, 8, cpu, sp.eos_id()), abs=1e-4)
