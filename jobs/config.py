@@ -16,14 +16,14 @@ from trainer.config import Config, bounded, load_config
 from trainer.errors import UserError
 
 SOURCE_TYPES = ("hf", "local")
-SOURCE_KINDS = ("c4", "wikipedia", "gutenberg", "generic")
+SOURCE_KINDS = ("c4", "wikipedia", "gutenberg", "fineweb_edu", "generic")
 
 
 @dataclass
 class SourceConfig:
     name: str  # a label in stats and data_meta.json
     type: str = "hf"  # hf: a Hub dataset id in `path`; local: files in `data_files`
-    kind: str = "generic"  # which cleaning and filters apply: c4 | wikipedia | gutenberg | generic
+    kind: str = "generic"  # which cleaning and filters apply: c4 | wikipedia | gutenberg | fineweb_edu | generic
     path: str = ""  # hf: dataset id; local: optional builder (json | parquet | text), else from the extension
     config_name: str | None = None  # the dataset's config, e.g. "en" for allenai/c4
     revision: str | None = None  # e.g. "refs/convert/parquet" for a script dataset's parquet copy
@@ -250,6 +250,10 @@ def load(config: Path | None, sets: list[str] | None, smoke: bool) -> JobConfig:
     if smoke and not cfg.train.run_name.startswith("smoke"):
         cfg.train.run_name = f"smoke-{cfg.train.run_name}"  # a smoke run never lands in a real run's folder
     return cfg
+
+
+# `jobs export`'s folder in a run's folder (unless --out names another), which `launcher pull --export` brings home.
+EXPORT_DIR = "hf"
 
 
 def run_dir(cfg: JobConfig) -> Path:

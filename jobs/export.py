@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from jobs.config import JobConfig, run_dir
+from jobs.config import EXPORT_DIR, JobConfig, run_dir
 from jobs.run_folder import checked_checkpoint
 from trainer import checkpoint
 from trainer.checks import load_tokenizer
@@ -84,9 +84,9 @@ def to_hf(model: Llama):
     return hf.eval()
 
 
-def export(checkpoint_dir: Path, out: Path, model_cfg: ModelConfig, tokenizer: Path | None, card: str = "",
+def export(checkpoint_dir: Path, out: Path, model_cfg: ModelConfig, tokenizer: Path | None,
            data_meta: dict | None = None) -> Path:
-    """Write config.json + model.safetensors (and the tokenizer and README.md) that `from_pretrained` loads.
+    """Write config.json + model.safetensors (and the tokenizer) that `from_pretrained` loads.
 
     The tokenizer must fit the model (one piece per embedding row) and be the one the data was made with."""
     if importlib.util.find_spec("transformers") is None:
@@ -100,8 +100,6 @@ def export(checkpoint_dir: Path, out: Path, model_cfg: ModelConfig, tokenizer: P
     to_hf(model).save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         save_tokenizer(tokenizer, tmp)
-    if card:
-        (tmp / "README.md").write_text(card)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
@@ -148,91 +146,16 @@ TOKENIZER_CONFIG = {
 }
 
 
-def model_card(run_dir: Path, model_cfg: ModelConfig, data_meta: dict | None, hourly_rate: float) -> str:
-    """A Hub model card: what the model is, what it was trained on, what it cost."""
-    from jobs.report import train_hours
-    from trainer.metrics import read_metrics
-
-    rows = read_metrics(run_dir)
-    train = [r for r in rows if r.get("kind") == "train"]
-    ev_path = run_dir / "eval.json"
-    ev = json.loads(ev_path.read_text()) if ev_path.is_file() else None
-    hours = train_hours(run_dir)
-    params = Llama(model_cfg).num_params()
-    mix = (data_meta or {}).get("mix") or {}
-    c = model_cfg
-    lines = [
-        "---",
-        "library_name: transformers",
-        "pipeline_tag: text-generation",
-        "tags: [llama, from-scratch, llm-forge]",
-        "---",
-        "",
-        f"# {run_dir.name}",
-        "",
-        f"A {params / 1e6:.0f}M-parameter Llama-style model trained from scratch with llm-forge.",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| architecture | {c.n_layers} layers, d_model {c.d_model}, {c.n_heads} heads ({c.n_kv_heads} KV), "
-        f"FFN {c.ffn_dim}, RoPE theta {c.rope_theta:g}, tied embeddings |",
-        f"| context | {c.seq_len} tokens |",
-        f"| vocabulary | {c.vocab_size:,} (SentencePiece BPE, byte fallback) |",
-        f"| training tokens | {train[-1]['tokens']:,} |" if train else "| training tokens | 0 |",
-        f"| final train loss | {train[-1]['loss']:.4f} |" if train else "| final train loss | - |",
-        f"| val loss / perplexity | {ev['val_loss']:.4f} / {ev['perplexity']:.2f} |" if ev else "| val loss | - |",
-        f"| training time | {hours:.2f} h |",
-        f"| training cost | ${hours * hourly_rate:.2f} at ${hourly_rate:.2f}/h |",
-    ]
-    if mix:
-        lines += ["", "## Data", "", "Source mix (share of documents): "
-                  + ", ".join(f"{name} {share:.0%}" for name, share in mix.items()) + "."]
-        if data_meta and "files" in data_meta:
-            lines.append(f"{data_meta['files']['train']['tokens']:,} train tokens after filtering and "
-                         "MinHash near-duplicate removal.")
-    lines += [
-        "", "## Use", "", "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        'tok = AutoTokenizer.from_pretrained("<this repo>")',
-        'model = AutoModelForCausalLM.from_pretrained("<this repo>")',
-        'ids = tok("Once upon a time", return_tensors="pt").input_ids',
-        "print(tok.decode(model.generate(ids, max_new_tokens=40)[0], skip_special_tokens=True))",
-        "```",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def push(folder: Path, repo_id: str, private: bool = True) -> str:
-    """Upload an exported folder to a Hub model repo (token from HF_TOKEN); returns the commit id."""
-    from huggingface_hub import HfApi
-
-    from jobs.hub import _endpoint, _hub_error, _token
-
-    token = _token()
-    if not token:
-        raise UserError("pushing a model needs a write token in the HF_TOKEN environment variable")
-    api = HfApi(endpoint=_endpoint(), token=token)
-    try:
-        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder),
-                                 commit_message=f"llm-forge export of {folder.parent.name}")
-    except Exception as e:
-        raise _hub_error("push to", repo_id, e) from None
-    return info.oid
-
-
-def run_export(cfg: JobConfig, chosen: Path | None, out: Path | None, push_to: str | None) -> None:
-    """`jobs export`: the checkpoint named (else final, best, latest) into `out` (else runs/<run>/hf), maybe to the Hub."""
+def run_export(cfg: JobConfig, chosen: Path | None, out: Path | None) -> None:
+    """`jobs export`: the checkpoint named (else final, best, latest) into `out` (else runs/<run>/hf)."""
     folder = checked_checkpoint(cfg, chosen)
     if not Path(cfg.data.tokenizer).is_file():
         raise UserError(f"tokenizer {cfg.data.tokenizer} not found: run `jobs tokenizer` or `jobs sync-data pull`")
-    target = out or run_dir(cfg) / "hf"
+    target = out or run_dir(cfg) / EXPORT_DIR
     # The export replaces its folder whole: only ever an earlier export, never (say) data/.
     if target.exists() and not all((target / f).is_file() for f in ("config.json", "model.safetensors")):
         raise UserError(f"--out {target} exists and is not an earlier export: name a new folder")
     meta = read_meta(cfg.data.dir) if (Path(cfg.data.dir) / "data_meta.json").is_file() else None
-    card = model_card(run_dir(cfg), cfg.model, meta, cfg.cost.hourly_rate)
-    target = export(folder, target, cfg.model, Path(cfg.data.tokenizer), card, meta)
-    print(f"exported {folder} -> {target} (load with AutoModelForCausalLM.from_pretrained)")
-    if push_to:
-        print(f"pushed to {push_to} at {push(target, push_to)[:12]}")
+    target = export(folder, target, cfg.model, Path(cfg.data.tokenizer), meta)
+    print(f"exported {folder} -> {target} (load with AutoModelForCausalLM.from_pretrained; "
+          "`jobs publish` sends it to the Hub)")

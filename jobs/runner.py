@@ -192,13 +192,43 @@ def export(
     smoke: SmokeOpt = False,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default: final, else best, else latest).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: runs/<run>/hf).")] = None,
-    push: Annotated[Optional[str], typer.Option(help="Also upload to this Hub model repo (token from HF_TOKEN).")] = None,
 ) -> None:
-    """Write a transformers LlamaForCausalLM (config.json, model.safetensors), its tokenizer and a model card."""
+    """Write a transformers LlamaForCausalLM (config.json, model.safetensors) and its tokenizer."""
     cfg = load_or_exit(config, set_, smoke)  # before torch loads: a typo is answered at once
     from jobs.export import run_export
 
-    run_job(job_file(cfg, "export"), lambda: run_export(cfg, checkpoint, out, push))
+    run_job(job_file(cfg, "export"), lambda: run_export(cfg, checkpoint, out))
+
+
+@app.command()
+def publish(
+    repo: Annotated[str, typer.Option(metavar="USER/NAME", help="The Hub model repo (created when missing).")],
+    run: Annotated[Optional[str], typer.Option(metavar="RUN", help="The run to publish (default: the config's train.run_name).")] = None,
+    public: Annotated[bool, typer.Option("--public", help="Create the repo public (default: private).")] = False,
+    license_id: Annotated[str, typer.Option("--license", metavar="ID", help="The model's license, as the Hub names it.")] = "apache-2.0",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    smoke: SmokeOpt = False,
+) -> None:
+    """Upload runs/<run>/hf/ and a model card with the run's evals and costs to a Hub model repo (token from HF_TOKEN)."""
+    from jobs.publish import check, publish as upload
+    from trainer.config import check_name
+
+    cfg = load_or_exit(config, set_, smoke)
+    try:  # before the job record: nothing on disk changes for bad input
+        if run is not None:
+            cfg.train.run_name = check_name("--run", run)
+        pub = check(cfg, repo, license_id, public)
+    except UserError as e:
+        fail(str(e))
+        raise typer.Exit(2) from None
+
+    def body() -> None:
+        commit, private = upload(pub)
+        print(f"published {pub.folder} ({len(pub.files)} files and the model card) to {repo} "
+              f"({'private' if private else 'public'}) at {commit[:12]}")
+
+    run_job(job_file(cfg, "publish"), body)
 
 
 # --- the whole pipeline ------------------------------------------------------------------

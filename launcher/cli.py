@@ -372,13 +372,14 @@ def exec_(
 @app.command()
 def pull(
     dest: Annotated[Optional[Path], typer.Option(metavar="DIR", help="Local folder for runs (default: pull.dest).")] = None,
+    export: Annotated[bool, typer.Option("--export", help="Also the export (transformers folder, model.gguf, Modelfile) into <dest>/<run>/hf/.")] = False,
     name: NameOpt = None,
     launcher_config: LauncherConfigOpt = None,
     opt: OptOpt = None,
 ) -> None:
     """Checkpoints (latest, best, final), samples, metrics and eval into <dest>/<run>/; only new bytes move."""
     ctx = setup(launcher_config, opt, name)
-    pull_run(ctx, ctx.record(), dest)
+    pull_run(ctx, ctx.record(), dest, export=export)
 
 
 # --- down ------------------------------------------------------------------------------

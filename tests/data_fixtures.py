@@ -11,8 +11,11 @@ import functools
 import random
 import re
 import sysconfig
+import uuid
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 
 from jobs.config import JobConfig
@@ -171,6 +174,117 @@ def sources(root: Path) -> list[dict]:
             "weight": 0.25,
         },
     ]
+
+
+# --- FineWeb-Edu: a local copy of the Hub repo, laid out as HuggingFaceFW/fineweb-edu is ------------------
+# Its dataset card declares the configs (`sample-10BT` -> sample/10BT/*, one config per crawl -> data/<dump>/*)
+# and its parquet shards hold these columns, in this order, with these types.
+
+FINEWEB_EDU_SCHEMA = pa.schema(
+    [
+        ("text", pa.string()),
+        ("id", pa.string()),
+        ("dump", pa.string()),
+        ("url", pa.string()),
+        ("date", pa.string()),
+        ("file_path", pa.string()),
+        ("language", pa.string()),
+        ("language_score", pa.float64()),
+        ("token_count", pa.int64()),
+        ("score", pa.float64()),
+        ("int_score", pa.int64()),
+    ]
+)
+FINEWEB_EDU_CARD = """---
+license: odc-by
+task_categories:
+  - text-generation
+language:
+  - en
+pretty_name: FineWeb-Edu
+configs:
+  - config_name: default
+    data_files:
+      - split: train
+        path: data/*/*
+  - config_name: sample-10BT
+    data_files:
+      - split: train
+        path: sample/10BT/*
+  - config_name: CC-MAIN-2024-10
+    data_files:
+      - split: train
+        path: data/CC-MAIN-2024-10/*
+---
+
+# FineWeb-Edu (a test copy)
+"""
+
+# A lesson FineWeb-Edu's classifier keeps and C4's rules would drop: its shop words are its subject (and the
+# common line rules would drop its footer).
+COUPON_LESSON = """Saving Money with Coupons
+A coupon is a small ticket that takes money off the price of something you buy. A newspaper prints a coupon for the shop down the road, and many shops on the web give a discount code at the checkout instead.
+To use a coupon well, first work out the price you would pay without it. Then work out how much the coupon takes off, and take that away from the price.
+Try these:
+1. A coat costs $80. A coupon takes 25% off. What do you pay?
+2. A book costs $12 and the shop has free shipping. A discount code takes $3 off. What do you pay?
+3. A sign says buy now and save 10%. Is a coupon for $5 off a $40 game better?
+Answers: $60, $9, and yes, because 10% of $40 is only $4.
+Maple Street School 2019. All rights reserved."""
+# And one that the common rules reject for its short lines: a spelling list.
+SPELLING_LIST = "Spelling Words: Week 3\nThese are the words we practise this week. Read each one aloud, then write " \
+    "it three times in your book, and ask a friend to test you on Friday. Words that sound alike but are " \
+    "spelt differently are marked in your list with a star.\n" + "\n".join(
+        "because friend people favourite different separate necessary believe another through "
+        "*their *there *where *wear weather whether".split())
+
+
+def fineweb_edu_record(rng: random.Random, text: str, i: int) -> dict:
+    """One row as FineWeb-Edu's shards hold it: the page, its Common Crawl provenance and its scores."""
+    dump = rng.choice(["CC-MAIN-2013-20", "CC-MAIN-2019-26", "CC-MAIN-2024-10"])
+    year = dump.split("-")[2]
+    score = round(rng.uniform(2.5, 4.9), 6)  # FineWeb-Edu keeps int_score >= 3
+    return {
+        "text": text,
+        "id": f"<urn:uuid:{uuid.UUID(int=rng.getrandbits(128), version=4)}>",
+        "dump": dump,
+        "url": f"https://school{i}.example.edu/lessons/{i}",
+        "date": f"{year}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}T0{rng.randint(0, 9)}:12:05Z",
+        "file_path": f"s3://commoncrawl/crawl-data/{dump}/segments/1368696381249/warc/"
+        f"CC-MAIN-{year}0516092621-{i:05d}-ip-10-60-113-184.ec2.internal.warc.gz",
+        "language": "en",
+        "language_score": round(rng.uniform(0.9, 1.0), 6),
+        "token_count": len(text.split()) * 4 // 3,
+        "score": score,
+        "int_score": int(round(score)),
+    }
+
+
+def build_fineweb_edu(root: Path, seed: int = 0, docs: int = 60) -> dict:
+    """`root` laid out as the Hub repo (card + sample/10BT/*.parquet + a crawl's data/); returns what was planted."""
+    rng = random.Random(seed)
+    texts = ["\n\n".join(paragraph(rng, 300) for _ in range(3)) for _ in range(docs)]
+    planted = {
+        "near": (texts[0], near_copy(texts[0], rng, 0.02)),
+        "short": "Photosynthesis is how a plant makes its food from light, water and air.",
+        "junk_like": COUPON_LESSON,
+        "list": SPELLING_LIST,
+        "other_config": "Not in the sample: " + paragraph(rng, 400),
+    }
+    texts += [planted["near"][1], planted["short"], planted["junk_like"], planted["list"]]
+    rng.shuffle(texts)
+    rows = [fineweb_edu_record(rng, t, i) for i, t in enumerate(texts)]
+    half = len(rows) // 2
+    (root / "README.md").parent.mkdir(parents=True, exist_ok=True)
+    (root / "README.md").write_text(FINEWEB_EDU_CARD)
+    for path, part in (
+        (root / "sample" / "10BT" / "000_00000.parquet", rows[:half]),
+        (root / "sample" / "10BT" / "001_00000.parquet", rows[half:]),
+        (root / "data" / "CC-MAIN-2024-10" / "000_00000.parquet", [fineweb_edu_record(rng, planted["other_config"], 99)]),
+    ):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(part, schema=FINEWEB_EDU_SCHEMA), path)
+    return {"planted": planted, "texts": texts}
 
 
 def make_config(tmp: Path, corpus: Path, vocab: int = 512, **prepare) -> JobConfig:

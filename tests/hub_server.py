@@ -9,15 +9,27 @@ commit, with the fields the client reads:
                                                  unless ?recursive=true
 - HEAD/GET /datasets/{repo}/resolve/{rev}/{path}  the bytes, with `X-Repo-Commit` and `ETag` (for an LFS
                                                  file also `X-Linked-Etag` / `X-Linked-Size`, the sha256 and size)
-- POST /api/repos/create
-- POST /api/datasets/{repo}/preupload/{rev}     answers uploadMode "regular" for every file,
-                                                 so the client sends bytes inline (no LFS, no xet)
-- POST /api/datasets/{repo}/commit/{rev}        the ndjson commit
+- POST /api/repos/create                        409 when the repo exists (create_repo(exist_ok=True) reads that)
+- POST /api/datasets/{repo}/preupload/{rev}     uploadMode "regular" for every file, so the client
+                                                 sends bytes inline; with `StandInHub(lfs=True)` as the
+                                                 Hub answers: "lfs" or "regular" per file, and the `oid`
+                                                 of the file now at that path (the client skips an
+                                                 unchanged file)
+- POST /datasets/{repo}.git/info/lfs/objects/batch  git-lfs batch API (basic transfer): an upload and a
+                                                 verify action per object not yet stored, none otherwise
+- PUT  /lfs-upload/{sha256}                     the object's bytes (a presigned URL on the Hub: no auth)
+- POST /datasets/{repo}.git/info/lfs/objects/verify
+- POST /api/datasets/{repo}/commit/{rev}        the ndjson commit: file (base64), lfsFile (by sha256),
+                                                 deletedFile, deletedFolder
 - POST /api/validate-yaml                       a README.md's YAML front matter
 
 Which files are LFS follows the Hub's default `.gitattributes` for the
-patterns our repos hold (`*.bin`, `*.model`); as on the Hub, an LFS file's
-git `oid` is its pointer file's, and its content's sha256 is `lfs.oid`.
+patterns our repos hold (`*.bin`, `*.model`, `*.safetensors`, `*.gguf`) and
+the Hub's rule that a file of 10 MB or more is LFS; as on the Hub, an LFS
+file's git `oid` is its pointer file's, and its content's sha256 is
+`lfs.oid`. The client uploads LFS files through xet when `hf_xet` is
+installed: against `lfs=True` set HF_HUB_DISABLE_XET=1 so it speaks git-lfs,
+which the Hub still serves.
 `corrupt` names paths served with one byte flipped, and `cut_short` paths
 served short, while the listing keeps the true hashes and sizes: what a
 download damaged in transit looks like.
@@ -56,8 +68,10 @@ class Repo:
     def sha(self) -> str:
         return self.commits[-1] if self.commits else "0" * 40
 
-    def commit(self, files: dict[str, bytes]) -> str:
+    def commit(self, files: dict[str, bytes], deleted: tuple[str, ...] = ()) -> str:
         self.files.update(files)
+        for path in deleted:
+            del self.files[path]
         blob = json.dumps(sorted((k, hashlib.sha1(v).hexdigest()) for k, v in self.files.items())).encode()
         self.commits.append(hashlib.sha1(blob + str(len(self.commits)).encode()).hexdigest())
         return self.sha
@@ -67,13 +81,18 @@ def git_oid(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-LFS_SUFFIXES = (".bin", ".model")  # from the Hub's default .gitattributes
+LFS_SUFFIXES = (".bin", ".model", ".safetensors", ".gguf")  # from the Hub's default .gitattributes
+LFS_MIN_SIZE = 10 * 1024 * 1024  # the Hub takes no regular file this big
+
+
+def is_lfs(path: str, size: int) -> bool:
+    return size > 0 and (path.endswith(LFS_SUFFIXES) or size >= LFS_MIN_SIZE)
 
 
 def tree_entry(path: str, data: bytes) -> dict:
     """A file as the Hub's tree endpoint lists it."""
     entry = {"type": "file", "path": path, "size": len(data), "oid": git_oid(data)}
-    if path.endswith(LFS_SUFFIXES):
+    if is_lfs(path, len(data)):
         sha = hashlib.sha256(data).hexdigest()
         pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n".encode()
         entry.update(oid=git_oid(pointer), lfs={"oid": sha, "size": len(data), "pointerSize": len(pointer)})
@@ -81,9 +100,11 @@ def tree_entry(path: str, data: bytes) -> dict:
 
 
 class StandInHub:
-    def __init__(self, token: str | None = None):
+    def __init__(self, token: str | None = None, lfs: bool = False):
         self.token = token
+        self.upload_modes_as_the_hub = lfs
         self.repos: dict[str, Repo] = {}
+        self.lfs: dict[str, bytes] = {}  # LFS objects by sha256, uploaded but maybe not yet committed
         self.auth_seen: list[str] = []
         self.corrupt: set[str] = set()  # paths served with one byte flipped
         self.cut_short: set[str] = set()  # paths whose download stops 100 bytes early
@@ -144,6 +165,13 @@ class StandInHub:
                 return hub.token is None or auth == f"Bearer {hub.token}"
 
             def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    chunks = []
+                    while size := int(self.rfile.readline().split(b";")[0], 16):
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                    self.rfile.readline()
+                    return b"".join(chunks)
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
             def _repo(self, repo_id: str) -> Repo | None:
@@ -255,35 +283,80 @@ class StandInHub:
                     if "/" not in repo_id:
                         repo_id = f"user/{repo_id}"
                     kind = "datasets" if req.get("type") == "dataset" else "models"
+                    url = f"{hub.url}/{'datasets/' if kind == 'datasets' else ''}{repo_id}"
+                    if f"{kind}/{repo_id}" in hub.repos:  # the Hub says so, with the repo's url
+                        message = f"You already created this {kind[:-1]} repo"
+                        self._send(409, json.dumps({"error": message, "url": url}).encode(),
+                                   {"Content-Type": "application/json", "X-Error-Message": message})
+                        return
                     private = req.get("visibility") == "private" or bool(req.get("private"))
-                    hub.repos.setdefault(f"{kind}/{repo_id}", Repo(private=private))
-                    prefix = "datasets/" if kind == "datasets" else ""
-                    self._json({"url": f"{hub.url}/{prefix}{repo_id}", "name": repo_id, "id": repo_id})
+                    hub.repos[f"{kind}/{repo_id}"] = Repo(private=private)
+                    self._json({"url": url, "name": repo_id, "id": repo_id})
                 elif m := re.fullmatch(r"/api/(datasets|models)/([^/]+/[^/]+)/preupload/([^/]+)", path):
                     m = (None, f"{m[1]}/{m[2]}", m[3])
                     repo = self._repo(m[1])
                     if repo:
-                        files = json.loads(body)["files"]
-                        self._json(
-                            {
-                                "files": [
-                                    {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
-                                ]
-                            }
-                        )
+                        answer = []
+                        for f in json.loads(body)["files"]:
+                            lfs = hub.upload_modes_as_the_hub and is_lfs(f["path"], f["size"])
+                            now = repo.files.get(f["path"])
+                            if now is None or not hub.upload_modes_as_the_hub:
+                                oid = None
+                            else:
+                                oid = hashlib.sha256(now).hexdigest() if lfs else git_oid(now)
+                            answer.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular",
+                                           "shouldIgnore": False, "oid": oid})
+                        self._json({"files": answer})
+                elif m := re.fullmatch(r"/(datasets/)?([^/]+/[^/]+)\.git/info/lfs/objects/(batch|verify)", path):
+                    repo = self._repo(f"{'datasets' if m[1] else 'models'}/{m[2]}")
+                    if repo and m[3] == "verify":
+                        obj = json.loads(body)
+                        if obj["oid"] not in hub.lfs or len(hub.lfs[obj["oid"]]) != obj["size"]:
+                            self._error(404, f"object {obj['oid']} not found")
+                        else:
+                            self._json({})
+                    elif repo:
+                        req = json.loads(body)
+                        if req.get("operation") != "upload" or "basic" not in req.get("transfers", ["basic"]):
+                            self._error(400, "stand-in hub: only basic uploads")
+                            return
+                        objects = []
+                        for obj in req["objects"]:
+                            if obj["oid"] not in hub.lfs:
+                                obj = {**obj, "actions": {
+                                    "upload": {"href": f"{hub.url}/lfs-upload/{obj['oid']}"},
+                                    "verify": {"href": f"{hub.url}/{m[1] or ''}{m[2]}.git/info/lfs/objects/verify"},
+                                }}
+                            objects.append(obj)
+                        self._send(200, json.dumps({"transfer": "basic", "objects": objects}).encode(),
+                                   {"Content-Type": "application/vnd.git-lfs+json"})
                 elif m := re.fullmatch(r"/api/(datasets|models)/([^/]+/[^/]+)/commit/([^/]+)", path):
                     m = (None, f"{m[1]}/{m[2]}", m[3])
                     repo = self._repo(m[1])
                     if repo:
-                        added = {}
+                        added, deleted = {}, []
                         for line in body.splitlines():
-                            item = json.loads(line)
-                            if item["key"] == "file":
-                                added[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
-                            elif item["key"] != "header":
-                                self._error(400, f"stand-in hub: unsupported commit operation {item['key']}")
+                            key, value = (item := json.loads(line))["key"], item["value"]
+                            if key == "file":
+                                added[value["path"]] = base64.b64decode(value["content"])
+                            elif key == "lfsFile" and value["oid"] in hub.lfs:
+                                added[value["path"]] = hub.lfs[value["oid"]]
+                            elif key == "lfsFile":
+                                self._error(422, f"LFS object {value['oid']} was never uploaded")
                                 return
-                        sha = repo.commit(added)
+                            elif key in ("deletedFile", "deletedFolder"):
+                                folder = value["path"].rstrip("/") + "/"
+                                gone = [p for p in repo.files if p == value["path"]
+                                        or (key == "deletedFolder" and p.startswith(folder))]
+                                if not gone:
+                                    self._error(404, f"A file with this name doesn't exist: {value['path']}",
+                                                "EntryNotFound")
+                                    return
+                                deleted += gone
+                            elif key != "header":
+                                self._error(400, f"stand-in hub: unsupported commit operation {key}")
+                                return
+                        sha = repo.commit(added, tuple(dict.fromkeys(deleted)))
                         self._json(
                             {
                                 "commitUrl": f"{hub.url}/{m[1]}/commit/{sha}",
@@ -293,5 +366,16 @@ class StandInHub:
                         )
                 else:
                     self._error(404, f"no route for {path}")
+
+            def do_PUT(self) -> None:  # an LFS object to its presigned URL
+                body = self._body()
+                m = re.fullmatch(r"/lfs-upload/([0-9a-f]{64})", urlparse(self.path).path)
+                if not m:
+                    self._error(404, f"no route for {self.path}")
+                elif hashlib.sha256(body).hexdigest() != m[1]:
+                    self._error(400, "uploaded bytes do not match the object's sha256")
+                else:
+                    hub.lfs[m[1]] = body
+                    self._send(200, b"", {"ETag": f'"{m[1]}"'})
 
         return Handler

@@ -499,6 +499,76 @@ def test_plain_ssh_through_an_ssh_config_entry_and_sftp_pull(world, capfd):
     assert world.state.load() == {}
 
 
+@pytest.mark.parametrize("method", ["rsync", "sftp"])
+def test_pull_export_brings_every_regular_file_of_the_export_and_no_link(world, capfd, method):
+    key = client_key(world)
+    (world.home / ".ssh" / "config").write_text(
+        f"Host gpubox\n  HostName 127.0.0.1\n  Port {world.relay.port}\n  User root\n  IdentityFile {key}\n"
+    )
+    runs = world.tmp / "local-runs"
+    world.write_config(provider="ssh", pull={"dest": str(runs), "method": method})
+    world.cli(capfd, "up", "--host", "gpubox")
+    world.wait_job_state("smoke", ("succeeded",))
+
+    # No export on the host yet: one line that says what to run, and nothing pulled.
+    out, err = world.cli(capfd, "pull", "--export", code=2)
+    assert err.count("\n") == 1 and "no export of run 'smoke'" in err and "run `launcher exec export` first" in err
+    assert not runs.exists()
+    # Nor is a link in its place one: it is not followed.
+    host = world.workdir / "runs" / "smoke" / "hf"
+    (world.tmp / "elsewhere").mkdir()
+    (world.tmp / "elsewhere" / "config.json").write_text("{}")
+    os.symlink(world.tmp / "elsewhere", host)
+    _, err = world.cli(capfd, "pull", "--export", code=2)
+    assert "no export of run 'smoke'" in err and not runs.exists()
+    host.unlink()
+
+    # The export as `jobs export` lays it out: the transformers folder, model.gguf and the Modelfile.
+    host.mkdir()
+    files = {
+        "config.json": b'{"architectures": ["LlamaForCausalLM"]}',
+        "generation_config.json": b'{"bos_token_id": 1, "eos_token_id": 2}',
+        "model.safetensors": os.urandom(400_000),
+        "tokenizer.model": os.urandom(30_000),
+        "tokenizer.json": b'{"version": "1.0"}',
+        "tokenizer_config.json": b'{"add_bos_token": true}',
+        "special_tokens_map.json": b'{"bos_token": "<s>"}',
+        "model.gguf": b"GGUF" + os.urandom(200_000),
+        "Modelfile": b"FROM ./model.gguf\nPARAMETER stop </s>\n",
+    }
+    for name, data in files.items():
+        (host / name).write_bytes(data)
+    # A hostile host plants links to what is not the export's; a link already here is not written through.
+    (world.tmp / "host-secret").write_text("the host's own secret")
+    (world.tmp / "host-folder").mkdir()
+    (world.tmp / "host-folder" / "inside.txt").write_text("not the export's")
+    os.symlink(world.tmp / "host-secret", host / "notes.txt")
+    os.symlink(world.tmp / "host-folder", host / "extra")
+    local = runs / "smoke" / "hf"
+    local.mkdir(parents=True)
+    (world.tmp / "laptop-file").write_text("mine")
+    os.symlink(world.tmp / "laptop-file", local / "Modelfile")
+
+    _, err = world.cli(capfd, "pull", "--export")
+    assert f"via {method}" in err and f"export: {local}" in err
+    assert sorted(p.name for p in local.iterdir()) == sorted(files)
+    for name, data in files.items():
+        assert not (local / name).is_symlink()
+        assert hashlib.sha256((local / name).read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest(), name
+    assert (world.tmp / "laptop-file").read_text() == "mine"
+    assert (runs / "smoke" / "checkpoints" / "best" / "model.safetensors").is_file()  # the run came too
+
+    # Exported again: same sizes, other bytes. They replace the old ones (an append would keep them).
+    new = {name: os.urandom(len(files[name])) for name in ("model.safetensors", "model.gguf")}
+    for name, data in new.items():
+        (host / name).write_bytes(data)
+        os.utime(host / name, (time.time() + 5, time.time() + 5))
+    world.cli(capfd, "pull", "--export")
+    for name, data in new.items():
+        assert (local / name).read_bytes() == data, name
+    world.cli(capfd, "down")
+
+
 # --- end to end: the real `jobs` on the "instance", data from the Hub stand-in ------------
 
 

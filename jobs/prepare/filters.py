@@ -9,6 +9,9 @@ reference sections, Project Gutenberg's licence and hard wraps). Then:
   quality rules, C4's rules as ratios of lines, the seed project's families),
   and name the first rule that rejects it.
 
+A source filtered upstream (FineWeb-Edu) meets only the length rule; the
+deduplication still runs on it, as on every source.
+
 `judge` returns the kept text, the rejecting rule and the lines each line rule
 dropped, so data_meta.json can count documents by rule and lines by rule.
 """
@@ -187,7 +190,9 @@ def c4_lines(line: str, cfg: FiltersConfig) -> bool:
 
 
 COMMON_LINE_RULES: list[Callable[[str, FiltersConfig], bool]] = [boilerplate, char_repeat]
-LINE_RULES = {"c4": [boilerplate, c4_navigation, char_repeat, c4_lines]}
+# FineWeb-Edu was filtered upstream (FineWeb's C4, Gopher and own rules, then an educational-quality
+# classifier); our heuristics would only second-guess it, and drop good lessons for their lists or prices.
+LINE_RULES = {"c4": [boilerplate, c4_navigation, char_repeat, c4_lines], "fineweb_edu": []}
 
 
 def apply_line_rules(text: str, kind: str, cfg: FiltersConfig) -> Doc:
@@ -335,6 +340,7 @@ _COMMON = [*_STRUCTURE, min_length, max_weird, *_REPETITION, min_alpha, *_QUALIT
 DOC_RULES: dict[str, list[Callable[[Doc, FiltersConfig], bool]]] = {
     "generic": _COMMON,
     "gutenberg": _COMMON,
+    "fineweb_edu": [min_length],  # the global length rule alone (see LINE_RULES)
     "wikipedia": [*_STRUCTURE, min_length, wiki_list_heavy, max_weird, *_REPETITION, min_alpha, *_QUALITY],
     # C4's stricter alpha threshold replaces the common one
     "c4": [
