@@ -41,7 +41,7 @@ def hf_config(cfg: ModelConfig):
         mlp_bias=False,
         hidden_act="silu",
         unk_token_id=0,
-        bos_token_id=1,
+        bos_token_id=2,  # the tokenizer's BOS: training's document start, an EOS
         eos_token_id=2,
         pad_token_id=3,
     )
@@ -129,13 +129,18 @@ def save_tokenizer(spm_model: Path, out: Path) -> None:
 
 TOKENIZER_CONFIG = {
     "tokenizer_class": "TokenizersBackend",  # built from the proto, so our normalizer settings carry over
-    "add_bos_token": False,  # documents were tokenized as pieces + EOS, with no BOS
+    # Documents were tokenized as pieces + EOS, so the model learnt that a document starts after an EOS
+    # (<s> was never trained). Declaring EOS as the BOS that encode() adds gives every reader that honours
+    # the tokenizer (lm-eval's default run, generate(), llama.cpp's add-bos flag) the prefix training used.
+    "bos_token": "</s>",
+    "add_bos_token": True,
     "add_eos_token": False,
+    # Training encoded the text "<s>", "</s>", "<unk>", "<pad>" as plain pieces; so must the export.
+    "split_special_tokens": True,
     # "legacy" builds the normalizer as Prepend("▁") + Replace(" ", "▁"): exactly spm's dummy
     # prefix with whitespace kept, so " x" and "x" encode as our tokenizer does.
     "legacy": True,
     "unk_token": "<unk>",
-    "bos_token": "<s>",
     "eos_token": "</s>",
     "pad_token": "<pad>",
 }

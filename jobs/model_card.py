@@ -212,7 +212,7 @@ def usage_section(repo_id: str, name: str, has_gguf: bool) -> list[str]:
         f'tok = AutoTokenizer.from_pretrained("{repo_id}")',
         f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")',
         'ids = tok("Once upon a time", return_tensors="pt").input_ids',
-        "print(tok.decode(model.generate(ids, max_new_tokens=40)[0]))",
+        "print(tok.decode(model.generate(ids, max_new_tokens=40)[0], skip_special_tokens=True))",  # no leading </s>
         "```",
     ]
     if not has_gguf:

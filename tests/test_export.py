@@ -48,6 +48,8 @@ def test_export_loads_in_transformers_with_same_logits_generation_and_ids(workdi
     for text in texts:
         assert tok.encode(text, add_special_tokens=False) == sp.encode(text), text[:40]
     assert tok.eos_token_id == 2 and tok.pad_token_id == 3
+    # generate() with no prompt starts where a document starts, as encode() does
+    assert theirs.config.bos_token_id == theirs.generation_config.bos_token_id == tok.bos_token_id == 2
 
 
 @pytest.mark.parametrize("case", ["tokenizer smaller than the model", "data of unknown tokenizer"])
@@ -65,3 +67,29 @@ def test_export_refuses_a_tokenizer_that_does_not_fit(workdir, case):
                         *sets], cwd=workdir, capture_output=True, text=True, timeout=300)
     after = snapshot(workdir / "data", workdir / "tokenizer", workdir / "ckpt", workdir / "out")
     assert_refused(p.returncode, p.stderr, before, after, match)
+
+
+# Text a user may feed: the special tokens' spellings as plain text (training encoded them as pieces), digits,
+# runs of spaces, newlines and tabs, accents, emoji.
+ANY_TEXT = ["<s>", "</s>", "<unk>", "<pad>", "<s>Once upon a time</s>", "</s> starts a line", "a<unk>b <pad><pad>",
+            "x = '</s>'  # 3 spaces:   end", "Prices: 12345, 3.14159 and 007\n\n<s>\tnext", "  <pad>  leading",
+            "café naïve Ünïcödé façade", "emoji 🙂👍🏽 and 日本語", "\n</s>\n", "<<s>> <s/> </s >"]
+
+
+def test_exported_tokenizer_gives_sentencepieces_ids_for_any_text_after_the_document_start(workdir, tmp_path):
+    """Before: "</s>" in the text became id 2 (and "<s>" id 1, never trained) where training had pieces."""
+    from transformers import AutoTokenizer
+
+    from jobs.export import save_tokenizer
+
+    save_tokenizer(workdir / "tokenizer" / "spm.model", tmp_path / "tok")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    sp = spm.SentencePieceProcessor(model_file=str(workdir / "tokenizer" / "spm.model"))
+    for text in ANY_TEXT + stdlib_text()[:5]:
+        ids = sp.encode(text)
+        # a document starts after an EOS in the training data, so that is what encode() puts first
+        assert tok.encode(text) == [sp.eos_id()] + ids, text
+        assert tok(text, add_special_tokens=False).input_ids == ids, text
+        assert tok.decode(ids) == sp.decode(ids), text
+    assert tok(ANY_TEXT).input_ids == [[sp.eos_id()] + sp.encode(t) for t in ANY_TEXT]  # the batched path too
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id) == (2, 2, 3, 0)

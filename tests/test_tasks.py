@@ -153,6 +153,9 @@ def test_loglikelihoods_agree_with_the_models_own_loss_batched_padded_and_trunca
         assert ll == pytest.approx(-mean_nll * len(cont), rel=1e-4)
     # the trailing space of a context moves to the continuation, as lm-eval's HFLM does
     assert pairs[1][1] == sp.encode("x = 1")[len(sp.encode("x")) :]
+    # a context starts where training's documents start, after an EOS: the export's tokenizer adds the same
+    # EOS, so lm-eval scores the same tokens (test_lm_eval_parity.py)
+    assert pairs[0][0] == [sp.eos_id()] + sp.encode("A class defines")
 
 
 def test_bytes_per_token_counts_what_sentencepiece_decodes(workdir):

@@ -13,8 +13,10 @@ and process_results; lm_eval/models/huggingface.py, HFLM._encode_pair):
 - acc_norm: the same with each sum divided by the choice's length in characters
   (`len(choice)`, without the delimiter): the length-normalised likelihood.
 
-One difference of substance: a document in our data starts after an EOS, so every
-context starts with EOS, as the fixed-prompt samples do.
+A document in our data starts after an EOS, so every context starts with EOS, as the
+fixed-prompt samples do. lm-eval's default run adds what the tokenizer's encode() adds, and
+the export's tokenizer adds that EOS (jobs/export.py), so lm-eval on the export scores
+the same tokens (tests/test_lm_eval_parity.py).
 """
 
 from __future__ import annotations
