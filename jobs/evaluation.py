@@ -43,6 +43,9 @@ def run_eval(cfg: JobConfig, folder: Path | None) -> None:
     scores = {}
     with accelerator.autocast(), torch.no_grad():
         pairs = samples(model, sp, t.sample, accelerator.device) if sp is not None else []
+    # Tasks in float32, outside autocast: lm-eval's default run of the export loads it in float32, and bf16 would
+    # move near-ties between the two scores.
+    with torch.no_grad():
         for task in tasks:
             scores[task.name] = {**score(model, sp, items[task.name], cfg.model.seq_len, cfg.eval.batch_size,
                                          accelerator.device), "references": task.references}
