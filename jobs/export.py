@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from jobs.config import JobConfig, run_dir
+from jobs.gguf_export import DEFAULT_GGUF_TYPE, write_gguf, write_modelfile
 from jobs.run_folder import checked_checkpoint
 from trainer import checkpoint
 from trainer.checks import load_tokenizer
@@ -85,8 +86,10 @@ def to_hf(model: Llama):
 
 
 def export(checkpoint_dir: Path, out: Path, model_cfg: ModelConfig, tokenizer: Path | None, card: str = "",
-           data_meta: dict | None = None) -> Path:
+           data_meta: dict | None = None, *, name: str, gguf_type: str) -> Path:
     """Write config.json + model.safetensors (and the tokenizer and README.md) that `from_pretrained` loads.
+
+    With a tokenizer, also tokenizer.model, model.gguf and a Modelfile, for llama.cpp and Ollama.
 
     The tokenizer must fit the model (one piece per embedding row) and be the one the data was made with."""
     if importlib.util.find_spec("transformers") is None:
@@ -102,6 +105,10 @@ def export(checkpoint_dir: Path, out: Path, model_cfg: ModelConfig, tokenizer: P
         save_tokenizer(tokenizer, tmp)
     if card:
         (tmp / "README.md").write_text(card)
+    if tokenizer is not None:
+        shutil.copy(tokenizer, tmp / "tokenizer.model")  # llama.cpp's own converter reads the folder too
+        write_gguf(tmp, name, gguf_type)
+        write_modelfile(tmp, model_cfg.seq_len)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
@@ -216,7 +223,8 @@ def push(folder: Path, repo_id: str, private: bool = True) -> str:
     return info.oid
 
 
-def run_export(cfg: JobConfig, chosen: Path | None, out: Path | None, push_to: str | None) -> None:
+def run_export(cfg: JobConfig, chosen: Path | None, out: Path | None, push_to: str | None,
+               gguf_type: str) -> None:
     """`jobs export`: the checkpoint named (else final, best, latest) into `out` (else runs/<run>/hf), maybe to the Hub."""
     folder = checked_checkpoint(cfg, chosen)
     if not Path(cfg.data.tokenizer).is_file():
@@ -227,7 +235,9 @@ def run_export(cfg: JobConfig, chosen: Path | None, out: Path | None, push_to: s
         raise UserError(f"--out {target} exists and is not an earlier export: name a new folder")
     meta = read_meta(cfg.data.dir) if (Path(cfg.data.dir) / "data_meta.json").is_file() else None
     card = model_card(run_dir(cfg), cfg.model, meta, cfg.cost.hourly_rate)
-    target = export(folder, target, cfg.model, Path(cfg.data.tokenizer), card, meta)
-    print(f"exported {folder} -> {target} (load with AutoModelForCausalLM.from_pretrained)")
+    target = export(folder, target, cfg.model, Path(cfg.data.tokenizer), card, meta,
+                    name=run_dir(cfg).name, gguf_type=gguf_type)
+    print(f"exported {folder} -> {target} (load with AutoModelForCausalLM.from_pretrained; "
+          f"model.gguf ({gguf_type}) for llama.cpp, Modelfile for `ollama create`)")
     if push_to:
         print(f"pushed to {push_to} at {push(target, push_to)[:12]}")
