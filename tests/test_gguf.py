@@ -6,6 +6,7 @@ source package) load the file; both must see our model and our tokenizer.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -22,8 +23,9 @@ from trainer.checks import samples
 from trainer.config import load_config
 from trainer.model import Llama
 
-SETS = [f"model.vocab_size={VOCAB}", "train.max_steps=80", "train.overfit_check.enabled=false",
-        "train.eval_interval=80", "train.checkpoint_interval=80"]
+# 600 steps of 8 x 64 tokens: enough for word-like continuations, each prompt its own (about 35 s on 2 cores).
+SETS = [f"model.vocab_size={VOCAB}", "train.max_steps=600", "train.micro_batch_size=8", "train.grad_accum_steps=1",
+        "train.overfit_check.enabled=false", "train.eval_interval=600", "train.checkpoint_interval=600"]
 
 # Digits, runs of spaces, tabs, newlines, accents, emoji and a byte-fallback character.
 TEXTS = ["Hello world, 12345 tabs\tand  two spaces\nnew line", "a   b    c     d", "ünïcödé 日本 🙂 naïve café",
@@ -41,10 +43,12 @@ def run(tiny_data, tmp_path_factory) -> Path:
     for sub in ("data", "tokenizer"):
         shutil.copytree(tiny_data / sub, root / sub)
     sets = [a for s in SETS for a in ("--set", s)]
+    # A model this small runs no faster on two threads, and two threads on a busy machine run 100x slower.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for args in (["train"], ["export", "--gguf-type", "f32", "--out", "f32"],
                  ["export", "--gguf-type", "q8_0", "--out", "q8_0"]):
         p = subprocess.run([sys.executable, "-m", "jobs.runner", *args, "--smoke", *sets], cwd=root,
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=600, env=env)
         assert p.returncode == 0, p.stderr
     return root
 
@@ -186,3 +190,14 @@ def test_llama_cpp_loads_tokenizes_and_continues_like_our_model(run):
                 break
             new.append(token)
         assert continuation(sp, ids[1:], new) == text, prompt
+    assert len({text for _, text in expected}) == len(expected) and all(len(t) > 20 for _, t in expected)
+    llm.close()
+
+
+def test_an_unknown_gguf_type_is_one_line_and_leaves_the_export_alone(run):
+    from badinput import assert_refused, snapshot
+
+    before = snapshot(run / "f32", run / "runs")
+    p = subprocess.run([sys.executable, "-m", "jobs.runner", "export", "--smoke", "--gguf-type", "q4_k", "--out", "f32",
+                        *[a for s in SETS for a in ("--set", s)]], cwd=run, capture_output=True, text=True, timeout=300)
+    assert_refused(p.returncode, p.stderr, before, snapshot(run / "f32", run / "runs"), "'q4_k' is not one of 'f32'")
