@@ -3,8 +3,8 @@
 The GGUF is made from the exported folder alone, as llama.cpp's own converter
 (`convert_hf_to_gguf.py`: `LlamaModel`, `_set_vocab_sentencepiece`) makes it
 from the same folder: its `llama.*` keys from config.json, every SentencePiece
-piece with its score and type from tokenizer.model, the special ids and the
-ids through gguf's own `SpecialVocab` reading the tokenizer files, Q/K rows
+piece with its score and type from tokenizer.model, the special ids through
+gguf's own `SpecialVocab` reading the tokenizer files, Q/K rows
 permuted into the pairing llama.cpp's RoPE expects, norms in F32.
 
 One difference: the add-BOS/EOS flags are those of the exported tokenizer as
@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 # No torch or gguf at import: the CLI offers these choices before either loads.
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
@@ -27,7 +31,8 @@ GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 DEFAULT_GGUF_TYPE = "f16"
 
 # A base model: the prompt goes in as written, and generation ends at the end of a document (EOS).
-# Ollama's defaults are for chat models; these suit a small model continuing text.
+# Sampling for a small model continuing text: a little cooler than Ollama's default temperature (0.8),
+# and a mild repeat penalty (Ollama's default is none), since small models fall into loops.
 MODELFILE = """\
 # A base model (not instruction-tuned): it continues the prompt as written.
 FROM ./model.gguf
@@ -53,7 +58,7 @@ def _types(gguf_type: str):
     }[gguf_type]
 
 
-def permute(w: "torch.Tensor", n_head: int) -> "torch.Tensor":
+def permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     """Rows of q_proj / k_proj from transformers' half-split RoPE order to llama.cpp's interleaved pairs.
 
     transformers rotates dimension i with i + d/2 of each head; llama.cpp (like Meta's original
@@ -84,7 +89,7 @@ def _vocab(spm_model: Path) -> tuple[list[bytes], list[float], list[int]]:
     return tokens, scores, types
 
 
-def write_gguf(folder: Path, name: str, gguf_type: str = DEFAULT_GGUF_TYPE) -> Path:
+def write_gguf(folder: Path, name: str, gguf_type: str) -> Path:
     """`folder`/model.gguf from the transformers files and tokenizer.model in `folder`."""
     import gguf
     import torch
