@@ -104,10 +104,13 @@ def test_gguf_holds_the_keys_vocabulary_and_tensors_llama_cpp_reads(run):
         assert types[:4] == [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL, TokenType.CONTROL]
         assert all(types[i] == TokenType.BYTE for i in range(VOCAB) if sp.is_byte(i)) and TokenType.BYTE in types
         assert types.count(TokenType.NORMAL) == VOCAB - 4 - sum(sp.is_byte(i) for i in range(VOCAB))
-        ids = {k: kv[f"tokenizer.ggml.{k}_token_id"] for k in ("bos", "eos", "unknown", "padding")}
-        assert ids == {"bos": sp.bos_id(), "eos": sp.eos_id(), "unknown": sp.unk_id(), "padding": sp.pad_id()}
-        # Always written: llama.cpp puts a BOS before a llama-vocab prompt whose file does not say otherwise.
+        # The special tokens and whether BOS / EOS are added: what the transformers export says, always
+        # written, since llama.cpp puts a BOS before a llama-vocab prompt whose file does not say otherwise.
         hf = AutoTokenizer.from_pretrained(folder)
+        ids = {k: kv[f"tokenizer.ggml.{k}_token_id"] for k in ("bos", "eos", "unknown", "padding")}
+        assert ids == {"bos": hf.bos_token_id, "eos": hf.eos_token_id, "unknown": hf.unk_token_id,
+                       "padding": hf.pad_token_id}
+        assert (ids["eos"], ids["unknown"]) == (sp.eos_id(), sp.unk_id())  # documents end with this EOS
         assert (kv["tokenizer.ggml.add_bos_token"], kv["tokenizer.ggml.add_eos_token"]) == (hf.add_bos_token,
                                                                                             hf.add_eos_token)
         tensors = {t.name: t.tensor_type for t in r.tensors}
@@ -180,7 +183,7 @@ def test_llama_cpp_loads_tokenizes_and_continues_like_our_model(run):
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == sp.encode(text), text[:40]
     for text in TEXTS:  # what llama.cpp puts before a prompt is what the transformers export puts
         assert llm.tokenize(text.encode(), add_bos=True) == exported.encode(text), text
-    assert (llm.token_bos(), llm.token_eos()) == (sp.bos_id(), sp.eos_id())
+    assert (llm.token_bos(), llm.token_eos()) == (exported.bos_token_id, sp.eos_id())
 
     for prompt, text in expected:
         ids = [sp.eos_id()] + llm.tokenize(prompt.encode(), add_bos=False)
