@@ -25,9 +25,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# Everything but the Docker image build (a minute or two instead of several).
+# Everything but the Docker image build and llama.cpp (a minute or two instead of several).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not docker"
+	$(PY) -m pytest -q -m "not docker and not llamacpp"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_model.py

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from jobs.config import EXPORT_DIR, JobConfig, run_dir
+from jobs.gguf_export import DEFAULT_GGUF_TYPE, write_gguf, write_modelfile
 from jobs.run_folder import checked_checkpoint
 from trainer import checkpoint
 from trainer.checks import load_tokenizer
@@ -85,8 +86,11 @@ def to_hf(model: Llama):
 
 
 def export(checkpoint_dir: Path, out: Path, model_cfg: ModelConfig, tokenizer: Path | None,
-           data_meta: dict | None = None) -> Path:
-    """Write config.json + model.safetensors (and the tokenizer) that `from_pretrained` loads.
+           data_meta: dict | None = None, *, name: str, gguf_type: str = DEFAULT_GGUF_TYPE) -> Path:
+    """Write config.json + model.safetensors (and the tokenizer, model.gguf and a Modelfile) that `from_pretrained`,
+    llama.cpp and Ollama load.
+
+    With a tokenizer, also tokenizer.model, model.gguf and a Modelfile, for llama.cpp and Ollama.
 
     The tokenizer must fit the model (one piece per embedding row) and be the one the data was made with."""
     if importlib.util.find_spec("transformers") is None:
@@ -100,6 +104,10 @@ def export(checkpoint_dir: Path, out: Path, model_cfg: ModelConfig, tokenizer: P
     to_hf(model).save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         save_tokenizer(tokenizer, tmp)
+    if tokenizer is not None:
+        shutil.copy(tokenizer, tmp / "tokenizer.model")  # llama.cpp's own converter reads the folder too
+        write_gguf(tmp, name, gguf_type)
+        write_modelfile(tmp, model_cfg.seq_len)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
@@ -146,7 +154,7 @@ TOKENIZER_CONFIG = {
 }
 
 
-def run_export(cfg: JobConfig, chosen: Path | None, out: Path | None) -> None:
+def run_export(cfg: JobConfig, chosen: Path | None, out: Path | None, gguf_type: str) -> None:
     """`jobs export`: the checkpoint named (else final, best, latest) into `out` (else runs/<run>/hf)."""
     folder = checked_checkpoint(cfg, chosen)
     if not Path(cfg.data.tokenizer).is_file():
@@ -156,6 +164,7 @@ def run_export(cfg: JobConfig, chosen: Path | None, out: Path | None) -> None:
     if target.exists() and not all((target / f).is_file() for f in ("config.json", "model.safetensors")):
         raise UserError(f"--out {target} exists and is not an earlier export: name a new folder")
     meta = read_meta(cfg.data.dir) if (Path(cfg.data.dir) / "data_meta.json").is_file() else None
-    target = export(folder, target, cfg.model, Path(cfg.data.tokenizer), meta)
+    target = export(folder, target, cfg.model, Path(cfg.data.tokenizer), meta, name=run_dir(cfg).name,
+                    gguf_type=gguf_type)
     print(f"exported {folder} -> {target} (load with AutoModelForCausalLM.from_pretrained; "
-          "`jobs publish` sends it to the Hub)")
+          f"model.gguf ({gguf_type}) for llama.cpp, Modelfile for `ollama create`; `jobs publish` sends it to the Hub)")

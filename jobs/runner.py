@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from jobs.config import JobConfig, load, run_dir
+from jobs.gguf_export import DEFAULT_GGUF_TYPE, GGUF_TYPES
 from jobs.jobfile import read_history, read_job
 from jobs.lifecycle import cli_main, fail, job_file, memory_hint, run_job
 from jobs.pipeline import run_pipeline
@@ -185,6 +187,9 @@ def evaluate(
     run_job(job_file(cfg, "eval"), lambda: run_eval(cfg, checkpoint), memory_hint(cfg))
 
 
+GgufType = Enum("GgufType", {t: t for t in GGUF_TYPES}, type=str)
+
+
 @app.command()
 def export(
     config: ConfigOpt = None,
@@ -192,12 +197,14 @@ def export(
     smoke: SmokeOpt = False,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint folder (default: final, else best, else latest).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: runs/<run>/hf).")] = None,
+    gguf_type: Annotated[GgufType, typer.Option(help="model.gguf's weights (norms stay F32).")] = GgufType(DEFAULT_GGUF_TYPE),
 ) -> None:
-    """Write a transformers LlamaForCausalLM (config.json, model.safetensors) and its tokenizer."""
+    """Write a transformers LlamaForCausalLM (config.json, model.safetensors), its tokenizer,
+    model.gguf (llama.cpp) and a Modelfile (Ollama)."""
     cfg = load_or_exit(config, set_, smoke)  # before torch loads: a typo is answered at once
     from jobs.export import run_export
 
-    run_job(job_file(cfg, "export"), lambda: run_export(cfg, checkpoint, out))
+    run_job(job_file(cfg, "export"), lambda: run_export(cfg, checkpoint, out, gguf_type.value))
 
 
 @app.command()
