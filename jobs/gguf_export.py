@@ -7,11 +7,11 @@ piece with its score and type from tokenizer.model, the special ids through
 gguf's own `SpecialVocab` reading the tokenizer files, Q/K rows
 permuted into the pairing llama.cpp's RoPE expects, norms in F32.
 
-One difference: the add-BOS/EOS flags are those of the exported tokenizer as
-transformers loads it, always written. The converter writes them only when
-tokenizer_config.json spells them out, and transformers does not save a False
-`add_bos_token`; a GGUF without the flag gets a BOS from llama.cpp, which our
-model never saw in training (documents are pieces + EOS).
+One difference: the add-BOS/EOS flags are always written, read off what the
+exported tokenizer does (it puts the EOS that starts every training document
+first). The converter writes them only when it finds them spelled out, and a
+GGUF without the add-BOS flag gets llama.cpp's default, a `<s>` our model never
+saw in training (documents are pieces + EOS).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def write_gguf(folder: Path, name: str, gguf_type: str) -> Path:
     w.add_token_scores(scores)
     w.add_token_types(types)
     special = gguf.SpecialVocab(folder, n_vocab=len(tokens))
-    special.add_special_token = {"bos": hf_tok.add_bos_token, "eos": hf_tok.add_eos_token}
+    special.add_special_token = added_special_tokens(hf_tok)
     special.add_to_gguf(w, quiet=True)
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
@@ -156,6 +156,14 @@ def write_gguf(folder: Path, name: str, gguf_type: str) -> Path:
     w.write_tensors_to_file()
     w.close()
     return out
+
+
+def added_special_tokens(hf_tok) -> dict[str, bool]:
+    """What `encode` puts around a text, found by doing it: transformers 5 keeps that in tokenizer.json's
+    post-processor, and its `add_bos_token` attribute does not follow."""
+    plain, full = hf_tok.encode("a", add_special_tokens=False), hf_tok.encode("a")
+    start = next(i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain)
+    return {"bos": full[:start] == [hf_tok.bos_token_id], "eos": full[start + len(plain) :] == [hf_tok.eos_token_id]}
 
 
 def write_modelfile(folder: Path, num_ctx: int) -> Path:

@@ -111,8 +111,10 @@ def test_gguf_holds_the_keys_vocabulary_and_tensors_llama_cpp_reads(run):
         assert ids == {"bos": hf.bos_token_id, "eos": hf.eos_token_id, "unknown": hf.unk_token_id,
                        "padding": hf.pad_token_id}
         assert (ids["eos"], ids["unknown"]) == (sp.eos_id(), sp.unk_id())  # documents end with this EOS
-        assert (kv["tokenizer.ggml.add_bos_token"], kv["tokenizer.ggml.add_eos_token"]) == (hf.add_bos_token,
-                                                                                            hf.add_eos_token)
+        # What the export's encode does (its `add_bos_token` attribute does not say: transformers 5).
+        plain = hf.encode("a", add_special_tokens=False)
+        assert hf.encode("a") == [hf.bos_token_id, *plain]  # the EOS that starts every training document
+        assert (kv["tokenizer.ggml.add_bos_token"], kv["tokenizer.ggml.add_eos_token"]) == (True, False)
         tensors = {t.name: t.tensor_type for t in r.tensors}
         assert "token_embd.weight" in tensors and "output.weight" not in tensors  # tied embeddings
         assert all(t == GGMLQuantizationType.F32 for n, t in tensors.items() if n.endswith("norm.weight"))
