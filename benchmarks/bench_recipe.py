@@ -33,7 +33,7 @@ import io
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ import sentencepiece as spm
 import torch
 
 from jobs.config import JobConfig
-from trainer.config import ModelConfig, TrainConfig, load_config
+from trainer.config import TrainConfig, load_config
 from trainer.data import TokenData
 from trainer.evaluate import token_bytes
 from trainer.model import Llama
@@ -50,13 +50,7 @@ from trainer.optim import decay_start, lr_factor, make_optimizer
 REPO = Path(__file__).resolve().parent.parent
 BUDGETS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 # The two sizes: the smoke and demo configs' models, trained for (steps, warmup) at their micro-batch.
-SIZES = {"small": ("configs/smoke.yaml", 400, 20), "medium": ("configs/demo.yaml", 250, 15)}
-
-
-@dataclass
-class Recipe:
-    name: str
-    sets: list[str] = field(default_factory=list)  # --set overrides on the size's config
+SIZES = {"small": ("configs/smoke.yaml", 250, 20), "medium": ("configs/demo.yaml", 120, 10)}
 
 
 def prepared_data() -> JobConfig:
@@ -152,12 +146,11 @@ class Trainer:
         return out
 
 
-def size_config(size: str, base: JobConfig, sets: list[str], scale: float) -> JobConfig:
+def size_config(size: str, sets: list[str] | tuple[str, ...], scale: float) -> JobConfig:
     path, steps, warmup = SIZES[size]
     return load_config(JobConfig, REPO / path, [
-        f"data.dir={base.data.dir}", f"data.tokenizer={base.data.tokenizer}",
-        f"train.max_steps={max(20, round(steps * scale))}", f"train.warmup_steps={warmup}",
-        "train.muon.momentum_warmup_steps=50", *sets])
+        f"train.max_steps={max(20, round(steps * scale))}", f"train.warmup_steps={max(1, round(warmup * scale))}",
+        f"train.muon.momentum_warmup_steps={max(1, round(50 * scale))}", *sets])
 
 
 def tokens_ratio(losses: dict[float, float], target: float) -> str:
@@ -176,26 +169,34 @@ def main() -> None:
     ap.add_argument("--steps-scale", type=float, default=1.0, help="scale every run's steps (0.1 for a smoke test)")
     ap.add_argument("--grid", choices=("full", "tiny"), default="full", help="tiny: one value a knob, to test the script")
     args = ap.parse_args()
+    # One thread: these models are small, and on a machine shared with other work more threads mostly wait on
+    # each other (a step of the small model took 2-3x longer with 2 threads than with 1 on a loaded 2-core box).
+    torch.set_num_threads(1)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         base = prepared_data()
         sp = spm.SentencePieceProcessor(model_file=base.data.tokenizer)
+        train_tokens = len(TokenData(base.data.dir, base.model.vocab_size, base.model.seq_len).train.tokens)
+        print(f"data: the demo corpus, {train_tokens:,} train tokens; val cut in two halves: tune (the grid) and "
+              f"test (the table); one CPU thread, torch {torch.__version__}")
+        done: dict[tuple, dict[float, dict[str, float]]] = {}
 
-        def trainer(size: str, sets: list[str]) -> Trainer:
-            cfg = size_config(size, base, sets, args.steps_scale)
-            data = TokenData(cfg.data.dir, cfg.model.vocab_size, cfg.model.seq_len)
-            scorers = {"tune": Scorer(data, sp, 0, cfg.model.seq_len), "test": Scorer(data, sp, 1, cfg.model.seq_len)}
-            return Trainer(cfg, data, scorers)
+        def run(size: str, sets: list[str], budgets: tuple[float, ...] = (1.0,)) -> dict[float, dict[str, float]]:
+            """A recipe's losses, each (size, recipe, budgets) trained once."""
+            key = (size, tuple(sets), budgets)
+            if key not in done:
+                cfg = size_config(size, sets, args.steps_scale)
+                data = TokenData(cfg.data.dir, cfg.model.vocab_size, cfg.model.seq_len)
+                seq = cfg.model.seq_len
+                done[key] = Trainer(cfg, data, {"tune": Scorer(data, sp, 0, seq), "test": Scorer(data, sp, 1, seq)}).run(budgets)
+            return done[key]
 
-        small = size_config("small", base, [], args.steps_scale)
-        print(f"data: the demo corpus, {len(np.asarray(TokenData(small.data.dir, small.model.vocab_size, 1).train.tokens)):,} "
-              f"train tokens; val cut in two halves: tune (the grid) and test (the table)")
         # --- the grid, on the small model: one knob at a time, each keeping the best so far ---
         tiny = args.grid == "tiny"
-        lr = small.train.lr
+        lr = size_config("small", [], 1).train.lr
         knobs = [
             ("train.muon.lr", [0.02] if tiny else [0.01, 0.02, 0.04]),
-            ("train.lr", [lr] if tiny else [lr / 2, lr, lr * 2]),  # AdamW's, for the embedding and gains
+            ("train.lr", [lr] if tiny else [lr, lr * 2, lr * 4]),  # AdamW's, for the embedding and gains
             ("train.decay_fraction", [0.3] if tiny else [0.2, 0.3, 0.5]),
             ("train.decay_shape", ["linear"] if tiny else ["linear", "sqrt"]),
             ("model.zero_init_out", [True] if tiny else [False, True]),
@@ -204,48 +205,42 @@ def main() -> None:
                   "train.decay_fraction": 0.3, "train.decay_shape": "linear", "model.zero_init_out": False}
 
         def sets_of(values: dict) -> list[str]:
-            return [f"{k}={v}" for k, v in values.items()] + [f"train.min_lr={values['train.lr'] / 10}"]
+            return [f"{k}={v}" for k, v in values.items()] + [f"train.min_lr={values['train.lr'] / 10:g}"]
 
         print("\ngrid (small model, tune half of val; each knob swept with the best values so far):")
         print(f"  {'knob':<22} {'value':>9} {'val loss':>9}")
         for knob, values in knobs:
             scores = {}
             for v in values:
-                scores[v] = trainer("small", sets_of({**chosen, knob: v})).run()[1.0]["tune"]
+                scores[v] = run("small", sets_of({**chosen, knob: v}))[1.0]["tune"]
                 print(f"  {knob:<22} {v!s:>9} {scores[v]:9.4f}", flush=True)
             chosen[knob] = min(scores, key=scores.get)
         winner = sets_of(chosen)
         print("winner: " + " ".join(winner))
 
         # --- the table: each change alone and the winner against AdamW + cosine, on the test half ---
-        recipes = [
-            Recipe("adamw + cosine (today)"),
-            Recipe("adamw + wsd", ["train.schedule=wsd", f"train.decay_fraction={chosen['train.decay_fraction']}",
-                                   f"train.decay_shape={chosen['train.decay_shape']}"]),
-            Recipe("muon + cosine", ["train.optimizer=muon", f"train.muon.lr={chosen['train.muon.lr']}",
-                                     f"train.lr={chosen['train.lr']}", f"train.min_lr={chosen['train.lr'] / 10}"]),
-            Recipe("winner", winner),
-        ]
+        wsd = ["train.schedule=wsd", f"train.decay_fraction={chosen['train.decay_fraction']}",
+               f"train.decay_shape={chosen['train.decay_shape']}"]
+        muon = ["train.optimizer=muon", f"train.muon.lr={chosen['train.muon.lr']}", f"train.lr={chosen['train.lr']}",
+                f"train.min_lr={chosen['train.lr'] / 10:g}"]
+        recipes = {"adamw + cosine (today)": [], "adamw + wsd": wsd, "muon + cosine": muon, "winner": winner}
         for size in SIZES:
-            cfg = size_config(size, base, [], args.steps_scale)
+            cfg = size_config(size, [], args.steps_scale)
             tokens = cfg.train.max_steps * cfg.train.micro_batch_size * cfg.train.grad_accum_steps * cfg.model.seq_len
             print(f"\n{size}: {Llama(cfg.model).num_params() / 1e6:.2f}M parameters, {tokens:,} tokens "
                   f"({cfg.train.max_steps} steps), test half of val")
             print(f"  {'recipe':<24} {'tokens':>10} {'val loss':>9} {'bits/byte':>10} {'tokens to reach today':>22}")
+            scorer = Scorer(TokenData(cfg.data.dir, cfg.model.vocab_size, cfg.model.seq_len), sp, 1, cfg.model.seq_len)
             baseline = None
-            for r in recipes:
-                tr = trainer(size, r.sets)
-                runs = tr.run(BUDGETS if r.name == "winner" else (1.0,))
+            for name, sets in recipes.items():
+                runs = run(size, sets, BUDGETS if name == "winner" else (1.0,))
                 loss = runs[1.0]["test"]
-                baseline = baseline if baseline is not None else loss
-                ratio = tokens_ratio({b: v["test"] for b, v in runs.items()}, baseline) if len(runs) > 1 else (
-                    "1.00x" if r.sets == [] else "")
-                print(f"  {r.name:<24} {tokens:>10,} {loss:9.4f} {tr.scorers['test'].bpb(loss):10.3f} {ratio:>22}",
-                      flush=True)
-            curve = "  winner at budgets: " + "  ".join(f"{b:.1f}x {v['test']:.4f}" for b, v in runs.items())
-            print(curve)
-    print(f"\nratio: the tokens the winner needs to reach AdamW + cosine's final val loss (goal <= 0.70x); "
-          f"{time.perf_counter() - t0:.0f}s in all")
+                baseline = loss if baseline is None else baseline
+                ratio = tokens_ratio({b: v["test"] for b, v in runs.items()}, baseline) if name == "winner" else ""
+                print(f"  {name:<24} {tokens:>10,} {loss:9.4f} {scorer.bpb(loss):10.3f} {ratio:>22}", flush=True)
+            print("  winner planned for fewer tokens: " + "  ".join(f"{b:.1f}x {v['test']:.4f}" for b, v in runs.items()))
+    print(f"\nratio: the tokens the winner needs to reach AdamW + cosine's final val loss, read between the budgets "
+          f"(goal <= 0.70x); {time.perf_counter() - t0:.0f}s in all")
 
 
 if __name__ == "__main__":
