@@ -38,6 +38,12 @@ def test_bench_model_prints_the_ratio_and_its_ceiling():
     assert theirs > 0 and ours > 0
     assert abs(ratio - ours / theirs) <= 0.006
     assert ceiling > 1.0  # some of transformers' step is outside the shared GEMM and attention kernels
+    # config, tokens a step, adamw s, muon s, step adamw s, step muon s, muon more
+    opt = next(line.split() for line in out.split("optimizer step beside")[1].splitlines() if line.startswith("smoke"))
+    assert number(opt[1]) == 8 * 2 * 64  # the smoke config's micro-batch x accumulation x window
+    adamw, muon, step_adamw, step_muon = (number(v) for v in opt[2:6])
+    assert 0 < adamw < step_adamw and 0 < muon < step_muon
+    assert abs(number(opt[6].rstrip("%")) / 100 - (step_muon / step_adamw - 1)) <= 0.02 + 0.01 * step_muon / step_adamw
 
 
 def test_bench_prepare_prints_prepare_on_one_and_all_cores_and_minhash_against_datasketch():
@@ -53,6 +59,34 @@ def test_bench_prepare_prints_prepare_on_one_and_all_cores_and_minhash_against_d
     assert abs(r - ours / theirs) <= 0.1 + 0.05 * r
     err = re.search(r"^minhash\s+Jaccard error .*: ours ([\d.]+)\s+datasketch ([\d.]+)", out, re.M)
     assert 0 <= number(err[1]) < 0.1 and 0 <= number(err[2]) < 0.1  # both estimate the known similarities
+
+
+@pytest.mark.slow
+def test_bench_recipe_prints_the_grid_and_the_ratio_table_at_two_sizes():
+    out = bench("bench_recipe.py", "--grid", "tiny", "--steps-scale", "0.05")
+    grid = re.findall(r"^  (train\.\S+|model\.\S+)\s+(\S+)\s+([\d.]+)$", out, re.M)
+    assert [k for k, _, _ in grid] == ["train.muon.lr", "train.lr", "train.decay_fraction", "train.decay_shape",
+                                       "model.zero_init_out"]
+    winner = re.search(r"^winner: (.*)$", out, re.M)[1].split()
+    assert "train.optimizer=muon" in winner and "train.schedule=wsd" in winner
+    for size in ("small", "medium"):
+        table = out.split(f"\n{size}: ")[1]
+        rows = {m[1]: m for m in re.finditer(r"^  (.+?)\s{2,}([\d,]+)\s+([\d.]+)\s+([\d.]+)\s*(\S.*)?$", table, re.M)}
+        assert list(rows)[:4] == ["adamw + cosine (today)", "adamw + wsd", "muon + cosine", "winner"]
+        assert len({r[2] for r in list(rows.values())[:4]}) == 1  # equal tokens
+        for r in list(rows.values())[:4]:
+            loss, bpb = float(r[3]), float(r[4])
+            assert 0 < loss < 10 and 0 < bpb < loss  # a token here is more than one byte
+        budgets = dict(re.findall(r"([\d.]+)x ([\d.]+)", re.search(r"^  winner planned for fewer tokens: (.*)$", table, re.M)[1]))
+        assert list(budgets) == ["0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1.0"]
+        assert float(budgets["1.0"]) == float(rows["winner"][3])
+        today, ratio = float(rows["adamw + cosine (today)"][3]), rows["winner"][5]
+        assert re.fullmatch(r"(<= |> )?\d\.\d\dx", ratio)
+        if re.fullmatch(r"\d\.\d\dx", ratio):  # read between the two budgets around today's loss
+            x = float(ratio[:-1])
+            lo = max(b for b in budgets if float(b) <= x)
+            hi = min(b for b in budgets if float(b) >= x)
+            assert float(budgets[hi]) <= today <= float(budgets[lo]) + 1e-4
 
 
 def test_bench_cli_prints_the_launcher_start_beside_python_and_torch():

@@ -172,8 +172,11 @@ def test_two_process_ddp_matches_one_process(workdir, optimizer):
              "--num-processes", "2", cwd=workdir, check=0)
     one, two = losses(workdir, "smoke-one"), losses(workdir, "smoke-two")
     assert sorted(two) == list(range(1, 7))
+    # Muon orthogonalises in bf16 (torch's Newton-Schulz): the two ways of summing the gradients differ in
+    # their last fp32 bits, which now and then round to different bf16 values (up to 8e-5 apart in 6 steps here).
+    tolerance = 1e-5 if optimizer == "adamw" else 3e-4
     for step in one:
-        assert two[step] == pytest.approx(one[step], abs=1e-5), step
+        assert two[step] == pytest.approx(one[step], abs=tolerance), step
     assert one[6] < one[1]
     state = json.loads((workdir / "runs" / "smoke-two" / "checkpoints" / "final" / "state.json").read_text())
     assert state["num_processes"] == 2 and state["tokens"] == 6 * 4 * 4 * 32
