@@ -18,7 +18,9 @@ second ("test"), which no choice saw.
    winner needs to reach AdamW + cosine's final val loss, as a ratio. A WSD
    run gives that cheaply: runs planned for fewer tokens share its constant
    stage, so each budget is its decay branched off the one run (the same
-   property that lets `jobs train --resume` extend a run).
+   property that lets `jobs train --resume` extend a run). Today's recipe
+   with its lr tuned on the same grid is in the table too, and the ratio
+   against it.
 
 The ratio is read from the test losses at budgets of 0.4x to 1x the tokens,
 linearly between the two budgets around the baseline's loss.
@@ -50,7 +52,7 @@ from trainer.optim import decay_start, lr_factor, make_optimizer
 REPO = Path(__file__).resolve().parent.parent
 BUDGETS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 # The two sizes: the smoke and demo configs' models, trained for (steps, warmup) at their micro-batch.
-SIZES = {"small": ("configs/smoke.yaml", 250, 20), "medium": ("configs/demo.yaml", 120, 10)}
+SIZES = {"small": ("configs/smoke.yaml", 200, 20), "medium": ("configs/demo.yaml", 100, 10)}
 
 
 def prepared_data() -> JobConfig:
@@ -194,50 +196,66 @@ def main() -> None:
         # --- the grid, on the small model: one knob at a time, each keeping the best so far ---
         tiny = args.grid == "tiny"
         lr = size_config("small", [], 1).train.lr
+        # Ranges from a first sweep (Muon lr 0.01-0.04, AdamW lr 1-4x, decay 0.2-0.5), moved where it chose an edge.
         knobs = [
-            ("train.muon.lr", [0.02] if tiny else [0.01, 0.02, 0.04]),
-            ("train.lr", [lr] if tiny else [lr, lr * 2, lr * 4]),  # AdamW's, for the embedding and gains
-            ("train.decay_fraction", [0.3] if tiny else [0.2, 0.3, 0.5]),
-            ("train.decay_shape", ["linear"] if tiny else ["linear", "sqrt"]),
+            ("train.muon.lr", [0.01] if tiny else [0.005, 0.01, 0.02]),
+            ("train.lr", [lr * 4] if tiny else [lr * 2, lr * 4, lr * 8]),  # AdamW's, for the embedding and gains
+            ("train.decay_fraction", [0.5] if tiny else [0.3, 0.5, 0.7]),
+            ("train.decay_shape", ["sqrt"] if tiny else ["linear", "sqrt"]),
             ("model.zero_init_out", [True] if tiny else [False, True]),
         ]
-        chosen = {"train.optimizer": "muon", "train.schedule": "wsd", "train.muon.lr": 0.02, "train.lr": lr,
-                  "train.decay_fraction": 0.3, "train.decay_shape": "linear", "model.zero_init_out": False}
+        chosen = {"train.optimizer": "muon", "train.schedule": "wsd", "train.muon.lr": 0.01, "train.lr": lr * 4,
+                  "train.decay_fraction": 0.5, "train.decay_shape": "linear", "model.zero_init_out": False}
 
         def sets_of(values: dict) -> list[str]:
             return [f"{k}={v}" for k, v in values.items()] + [f"train.min_lr={values['train.lr'] / 10:g}"]
 
+        def adamw_at(x: float) -> list[str]:
+            """Today's recipe with its lr (and min_lr) times x: [] at 1x, the config as it is."""
+            return [] if x == 1 else [f"train.lr={lr * x:g}", f"train.min_lr={lr * x / 10:g}"]
+
         print("\ngrid (small model, tune half of val; each knob swept with the best values so far):")
-        print(f"  {'knob':<22} {'value':>9} {'val loss':>9}")
+        print(f"  {'knob':<36} {'value':>9} {'val loss':>9}")
         for knob, values in knobs:
             scores = {}
             for v in values:
                 scores[v] = run("small", sets_of({**chosen, knob: v}))[1.0]["tune"]
-                print(f"  {knob:<22} {v!s:>9} {scores[v]:9.4f}", flush=True)
+                print(f"  {knob:<36} {v!s:>9} {scores[v]:9.4f}", flush=True)
             chosen[knob] = min(scores, key=scores.get)
         winner = sets_of(chosen)
         print("winner: " + " ".join(winner))
+        # Today's recipe tuned too, so the gain is not only a better lr than the config's.
+        scores = {}
+        for x in [1] if tiny else [1, 2, 4]:
+            scores[x] = run("small", adamw_at(x))[1.0]["tune"]
+            print(f"  {'adamw + cosine: train.lr (x today)':<36} {x:>9} {scores[x]:9.4f}", flush=True)
+        tuned = adamw_at(min(scores, key=scores.get))
 
         # --- the table: each change alone and the winner against AdamW + cosine, on the test half ---
         wsd = ["train.schedule=wsd", f"train.decay_fraction={chosen['train.decay_fraction']}",
                f"train.decay_shape={chosen['train.decay_shape']}"]
         muon = ["train.optimizer=muon", f"train.muon.lr={chosen['train.muon.lr']}", f"train.lr={chosen['train.lr']}",
                 f"train.min_lr={chosen['train.lr'] / 10:g}"]
-        recipes = {"adamw + cosine (today)": [], "adamw + wsd": wsd, "muon + cosine": muon, "winner": winner}
+        recipes = {"adamw + cosine (today)": [], "adamw + cosine, tuned lr": tuned, "adamw + wsd": wsd,
+                   "muon + cosine": muon, "winner": winner}
         for size in SIZES:
             cfg = size_config(size, [], args.steps_scale)
             tokens = cfg.train.max_steps * cfg.train.micro_batch_size * cfg.train.grad_accum_steps * cfg.model.seq_len
             print(f"\n{size}: {Llama(cfg.model).num_params() / 1e6:.2f}M parameters, {tokens:,} tokens "
                   f"({cfg.train.max_steps} steps), test half of val")
-            print(f"  {'recipe':<24} {'tokens':>10} {'val loss':>9} {'bits/byte':>10} {'tokens to reach today':>22}")
+            print(f"  {'recipe':<26} {'tokens':>10} {'val loss':>9} {'bits/byte':>10} {'tokens to reach today':>22}"
+                  f" {'to reach tuned':>15}")
             scorer = Scorer(TokenData(cfg.data.dir, cfg.model.vocab_size, cfg.model.seq_len), sp, 1, cfg.model.seq_len)
-            baseline = None
+            finals = {}
             for name, sets in recipes.items():
                 runs = run(size, sets, BUDGETS if name == "winner" else (1.0,))
-                loss = runs[1.0]["test"]
-                baseline = loss if baseline is None else baseline
-                ratio = tokens_ratio({b: v["test"] for b, v in runs.items()}, baseline) if name == "winner" else ""
-                print(f"  {name:<24} {tokens:>10,} {loss:9.4f} {scorer.bpb(loss):10.3f} {ratio:>22}", flush=True)
+                loss = finals[name] = runs[1.0]["test"]
+                ratios = ["", ""]
+                if name == "winner":
+                    curve = {b: v["test"] for b, v in runs.items()}
+                    ratios = [tokens_ratio(curve, finals[n]) for n in ("adamw + cosine (today)", "adamw + cosine, tuned lr")]
+                print(f"  {name:<26} {tokens:>10,} {loss:9.4f} {scorer.bpb(loss):10.3f} {ratios[0]:>22} {ratios[1]:>15}",
+                      flush=True)
             print("  winner planned for fewer tokens: " + "  ".join(f"{b:.1f}x {v['test']:.4f}" for b, v in runs.items()))
     print(f"\nratio: the tokens the winner needs to reach AdamW + cosine's final val loss, read between the budgets "
           f"(goal <= 0.70x); {time.perf_counter() - t0:.0f}s in all")

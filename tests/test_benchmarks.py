@@ -69,24 +69,27 @@ def test_bench_recipe_prints_the_grid_and_the_ratio_table_at_two_sizes():
                                        "model.zero_init_out"]
     winner = re.search(r"^winner: (.*)$", out, re.M)[1].split()
     assert "train.optimizer=muon" in winner and "train.schedule=wsd" in winner
+    assert re.search(r"^  adamw \+ cosine: train.lr \(x today\)\s+1\s+[\d.]+$", out, re.M)
+    names = ["adamw + cosine (today)", "adamw + cosine, tuned lr", "adamw + wsd", "muon + cosine", "winner"]
     for size in ("small", "medium"):
         table = out.split(f"\n{size}: ")[1]
-        rows = {m[1]: m for m in re.finditer(r"^  (.+?)\s{2,}([\d,]+)\s+([\d.]+)\s+([\d.]+)\s*(\S.*)?$", table, re.M)}
-        assert list(rows)[:4] == ["adamw + cosine (today)", "adamw + wsd", "muon + cosine", "winner"]
-        assert len({r[2] for r in list(rows.values())[:4]}) == 1  # equal tokens
-        for r in list(rows.values())[:4]:
+        rows = {m[1]: m for m in re.finditer(r"^  (.+?)\s{2,}([\d,]+)\s+([\d.]+)\s+([\d.]+)(.*)$", table, re.M)}
+        assert list(rows) == names
+        assert len({r[2] for r in rows.values()}) == 1  # equal tokens
+        for r in rows.values():
             loss, bpb = float(r[3]), float(r[4])
             assert 0 < loss < 10 and 0 < bpb < loss  # a token here is more than one byte
         budgets = dict(re.findall(r"([\d.]+)x ([\d.]+)", re.search(r"^  winner planned for fewer tokens: (.*)$", table, re.M)[1]))
         assert list(budgets) == ["0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1.0"]
         assert float(budgets["1.0"]) == float(rows["winner"][3])
-        today, ratio = float(rows["adamw + cosine (today)"][3]), rows["winner"][5]
-        assert re.fullmatch(r"(<= |> )?\d\.\d\dx", ratio)
-        if re.fullmatch(r"\d\.\d\dx", ratio):  # read between the two budgets around today's loss
-            x = float(ratio[:-1])
-            lo = max(b for b in budgets if float(b) <= x)
-            hi = min(b for b in budgets if float(b) >= x)
-            assert float(budgets[hi]) <= today <= float(budgets[lo]) + 1e-4
+        ratios = re.findall(r"(?:<= |> )?\d\.\d\dx", rows["winner"][5])
+        assert len(ratios) == 2
+        for baseline, ratio in zip(names[:2], ratios):
+            if re.fullmatch(r"\d\.\d\dx", ratio):  # read between the two budgets around the baseline's loss
+                x, target = float(ratio[:-1]), float(rows[baseline][3])
+                lo = max(b for b in budgets if float(b) <= x)
+                hi = min(b for b in budgets if float(b) >= x)
+                assert float(budgets[hi]) <= target <= float(budgets[lo]) + 1e-4
 
 
 def test_bench_cli_prints_the_launcher_start_beside_python_and_torch():
