@@ -18,7 +18,8 @@ from trainer.model import Llama, ModelConfig
 
 
 # The recipe does not change the architecture: a model trained either way exports exactly.
-RECIPES = {"adamw-cosine": [], "muon-wsd-zero-init": ["train.optimizer=muon", "train.schedule=wsd", "model.zero_init_out=true"]}
+RECIPES = {"adamw-cosine": [], "muon-wsd-zero-init": ["train.optimizer=muon", "train.schedule=wsd", "train.decay_fraction=0.25",
+                                                     "model.zero_init_out=true"]}
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

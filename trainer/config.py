@@ -158,7 +158,7 @@ def check_name(what: str, value: str) -> str:
 class MuonConfig:
     """torch.optim.Muon for the blocks' matrices (train.optimizer: muon); train.lr is then AdamW's, for the rest."""
 
-    lr: float = bounded(0.02, gt=0, le=0.2)
+    lr: float = bounded(0.01, gt=0, le=0.2)  # bench_recipe: 0.01 beat 0.005, 0.02 and 0.04
     momentum: float = bounded(0.95, ge=0, lt=1)  # Nesterov
     momentum_start: float = bounded(0.85, ge=0, lt=1)  # warmed up linearly to `momentum`
     momentum_warmup_steps: int = bounded(300, ge=0)
@@ -187,7 +187,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' matrices, AdamW at `lr` for the rest)
     muon: MuonConfig = field(default_factory=MuonConfig)
     schedule: str = "cosine"  # cosine | wsd (warmup, constant, then decay over the last decay_fraction)
-    decay_fraction: float = bounded(0.2, gt=0, le=1)  # wsd only
+    decay_fraction: float = bounded(0.7, gt=0, le=1)  # wsd only; bench_recipe: 0.7 >= 0.5 > 0.3 > 0.2
     decay_shape: str = "linear"  # wsd only: linear | sqrt (1 - sqrt of the decay's progress)
     beta1: float = bounded(0.9, ge=0, lt=1)
     beta2: float = bounded(0.95, ge=0, lt=1)
