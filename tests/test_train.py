@@ -207,7 +207,7 @@ def test_extending_a_wsd_run_matches_one_planned_that_long(workdir, capfd):
 
     grown = train(tiny_config("train.run_name=grown", "train.max_steps=40", *sets), resume="latest")
     out = capfd.readouterr().out
-    assert "resumed from" in out and "pre_decay at step 15" in out and "extended to 40 steps" in out
+    assert "resumed from" in out and "pre_decay at step 15" in out and "now planned for 40 steps" in out
     assert grown.step == 40 and "succeeded (extended): step 40/40" in out
     a, b = train_losses(planned.run_dir), train_losses(grown.run_dir)  # the grown run's later lines win
     assert sorted(b) == list(range(1, 41))
@@ -218,6 +218,17 @@ def test_extending_a_wsd_run_matches_one_planned_that_long(workdir, capfd):
     assert checkpoint_files.read_state(ckpts / "pre_decay")["step"] == 30
     assert checkpoint_files.read_state(ckpts / "step_000016")["config"]["train"]["max_steps"] == 40
     assert checkpoint_files.read_state(ckpts / "final")["step"] == 40
+
+
+def test_a_wsd_run_stopped_before_its_decay_grows_from_its_latest_checkpoint(workdir):
+    sets = ["train.schedule=wsd", "train.decay_fraction=0.25", "train.checkpoint_interval=4", "train.eval_interval=100"]
+    planned = train(tiny_config("train.run_name=planned", "train.max_steps=24", *sets))
+    train(tiny_config("train.run_name=grown", "train.max_steps=12", *sets), stop_at=8)  # decay would start at 9
+    grown = train(tiny_config("train.run_name=grown", "train.max_steps=24", *sets), resume="latest")
+    a, b = train_losses(planned.run_dir), train_losses(grown.run_dir)
+    assert sorted(b) == list(range(1, 25))
+    for s in range(1, 25):
+        assert abs(a[s] - b[s]) < 1e-6, (s, a[s], b[s])
 
 
 def test_a_cosine_run_cannot_change_max_steps_and_nothing_changes(workdir):

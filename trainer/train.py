@@ -81,33 +81,35 @@ def run_dir_of(cfg: Config) -> Path:
 
 
 def resume_point(ckpt_dir: Path, t: TrainConfig) -> tuple[Path, bool]:
-    """The checkpoint `--resume` continues from, and whether it extends (or shortens) a WSD run's plan.
+    """The checkpoint `--resume` continues from, and whether it changes a WSD run's plan (max_steps).
 
-    The latest whole checkpoint planned for `t.max_steps`. Failing that, a WSD run's last checkpoint
-    before its decay (`pre_decay/`): every step up to there is the same whatever max_steps is. A cosine
-    run's every lr depends on max_steps, so it continues only on its own plan.
+    The latest whole checkpoint planned for `t.max_steps`. Failing that, a WSD run's latest checkpoint
+    from before its decay began (`pre_decay/` once it has): every step up to there is the same whatever
+    max_steps is. A cosine run's every lr depends on max_steps, so it continues only on its own plan.
     """
-    named = [ckpt_dir / n for n in ("final", checkpoint_files.PRE_DECAY)]
-    planned = [c for c in checkpoint_files.step_folders(ckpt_dir) + named
-               if checkpoint_files.is_complete(c) and checkpoint_files.planned_steps(c) == t.max_steps]
-    if planned:
-        return max(planned, key=lambda c: checkpoint_files.read_state(c)["step"]), False
-    latest = checkpoint_files.latest(ckpt_dir)
-    if latest is None:
-        raise UserError(f"--resume: no checkpoint found at {ckpt_dir}")
-    was = checkpoint_files.read_state(latest)["config"]["train"]
-    if was.get("schedule") != "wsd" or t.schedule != "wsd":
-        raise UserError(f"--resume: the run was planned for {was['max_steps']} steps with a {was.get('schedule', 'cosine')} "
-                        f"schedule, now {t.max_steps} with {t.schedule}; only a wsd run can change max_steps (every "
-                        f"cosine step's lr depends on it): keep train.max_steps={was['max_steps']} or start a new run")
     pre = ckpt_dir / checkpoint_files.PRE_DECAY
-    if not checkpoint_files.is_complete(pre):
-        raise UserError(f"--resume: no whole {pre} (the checkpoint taken as the decay began) to extend the run from")
-    at = checkpoint_files.read_state(pre)["step"]
-    if decay_start(t) < at:
+    whole = [c for c in checkpoint_files.step_folders(ckpt_dir) + [ckpt_dir / "final", pre] if checkpoint_files.is_complete(c)]
+    step_of = {c: checkpoint_files.read_state(c)["step"] for c in whole}
+    planned = [c for c in whole if checkpoint_files.planned_steps(c) == t.max_steps]
+    if planned:
+        return max(planned, key=step_of.get), False
+    if not whole:
+        raise UserError(f"--resume: no checkpoint found at {ckpt_dir}")
+    was = (checkpoint_files.read_state(max(whole, key=step_of.get)).get("config") or {}).get("train") or {}
+    if was.get("schedule") != "wsd" or t.schedule != "wsd":
+        raise UserError(f"--resume: the run was planned for {was.get('max_steps')} steps with a {was.get('schedule', 'cosine')} "
+                        f"schedule, now {t.max_steps} with {t.schedule}; only a wsd run can change max_steps (every "
+                        f"cosine step's lr depends on it): keep train.max_steps={was.get('max_steps')} or start a new run")
+    # pre_decay/ is taken as the decay begins: nothing later is from before it; without it, nothing decayed yet.
+    limit = step_of.get(pre, math.inf)
+    before = [c for c in whole if c.name != "final" and step_of[c] <= limit]
+    if not before:
+        raise UserError(f"--resume: no whole checkpoint from before the decay began in {ckpt_dir} to change max_steps from")
+    start = max(before, key=step_of.get)
+    if decay_start(t) < step_of[start]:
         raise UserError(f"--resume: train.max_steps={t.max_steps} would decay from step {decay_start(t)}, before "
-                        f"{pre.name}/ at step {at}: choose more steps or a smaller train.decay_fraction")
-    return pre, True
+                        f"{start.name}/ at step {step_of[start]}: choose more steps or a smaller train.decay_fraction")
+    return start, True
 
 
 def train(
@@ -149,7 +151,7 @@ def train(
             for abandoned in checkpoint_files.step_folders(ckpt_dir, complete=False):
                 if checkpoint_files.step_of(abandoned) > step:  # the old decay's, which this run replaces
                     shutil.rmtree(abandoned)
-        how = f", extended to {t.max_steps} steps from where its decay began" if extended else ""
+        how = f", now planned for {t.max_steps} steps (its decay had not begun there)" if extended else ""
         accelerator.print(f"resumed from {folder} at step {step} ({tokens:,} tokens){how}")
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -289,9 +291,9 @@ def train(
         plot_metrics(run_dir)
         val = f", best val loss {best:.4f}" if math.isfinite(best) else ""
         last = f"loss {last_loss:.4f}" if last_loss is not None else "no step taken"
-        kept = ""
-        if t.schedule == "wsd" and checkpoint_files.is_complete(ckpt_dir / checkpoint_files.PRE_DECAY):
-            kept = (f"; {checkpoint_files.PRE_DECAY}/ (step {decay_start(t)}, before the decay) kept: "
+        kept, pre = "", ckpt_dir / checkpoint_files.PRE_DECAY
+        if t.schedule == "wsd" and checkpoint_files.is_complete(pre):
+            kept = (f"; {pre.name}/ (step {checkpoint_files.read_state(pre)['step']}, before the decay) kept: "
                     "--resume --set train.max_steps=N trains longer from there")
         grew = " (extended)" if extended else ""
         print(f"{state}{grew}: step {step}/{t.max_steps}, {tokens:,} tokens, {last}{val}; checkpoints in {ckpt_dir}{kept}")
