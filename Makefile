@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_prepare.py
 	$(PY) benchmarks/bench_cli.py
 	$(PY) benchmarks/bench_start.py
+	$(PY) benchmarks/bench_recipe.py
 
 clean-demo:
 	rm -rf data tokenizer runs

@@ -12,6 +12,11 @@ kernel: transformers' step time over the time its step spends in those
 (measured with the profiler). On a CPU in fp32 both models spend most of a
 step in the same GEMMs, so everything else can only be squeezed out of the
 remainder.
+
+Then, per config, one optimizer step with AdamW and with Muon (AdamW for the
+embedding and gains), timed in alternation on the same gradients, beside a
+whole step at the config's own tokens a step (fwd+bwd projected from the
+timed batch): what `train.optimizer: muon` adds to a step.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from jobs.export import to_hf
 from jobs.config import JobConfig
 from trainer.config import load_config
 from trainer.model import Llama
+from trainer.optim import make_optimizer
 
 DEFAULT_CONFIGS = ("configs/smoke.yaml", "configs/demo.yaml", "configs/model_100m.yaml")
 # The kernels both models share: the matrix multiplies and the fused attention.
@@ -96,13 +102,27 @@ def bench_one(path: str, seq: int | None, batch: int | None, max_tokens: int, bu
         steps["compiled"] = compiled_step  # what `train.compile: true` runs
     secs = interleaved_seconds(steps, budget_s)
     tokens = batch * seq
+    ours(x, y)[1].backward()  # gradients for the optimizers to step on
     return {
         "name": path.rsplit("/", 1)[-1].removesuffix(".yaml"),
         "params": ours.num_params(),
         "shape": f"{batch}x{seq}",
         "tok_s": {name: tokens / s for name, s in secs.items()},
         "ceiling": 1 / shared_kernel_fraction(theirs_step),
+        "optimizer_s": optimizer_seconds(ours, cfg, budget_s),
+        "step_tokens": cfg.train.micro_batch_size * cfg.train.grad_accum_steps * cfg.model.seq_len,
     }
+
+
+def optimizer_seconds(model: Llama, cfg: JobConfig, budget_s: float) -> dict[str, float]:
+    """Median seconds of one optimizer step on the model's gradients: AdamW, and Muon (with AdamW for the rest).
+
+    Muon's Newton-Schulz iterations cost the same whatever the batch, so its share of a real step
+    is this time over the step's fwd+bwd at the config's own tokens a step.
+    """
+    opts = {name: make_optimizer(model, replace(cfg.train, optimizer=name), fused=False) for name in ("adamw", "muon")}
+    # No warmup and one round at the least: at the 100M shape a CPU takes tens of seconds for Muon's step.
+    return interleaved_seconds({name: opt.step for name, opt in opts.items()}, budget_s, min_rounds=1, warmup=0)
 
 
 def main() -> None:
@@ -120,8 +140,10 @@ def main() -> None:
     if not args.no_compile:
         header += f" {'compiled':>9} {'ratio':>6}"
     print(header + f" {'ceiling':>8}")
+    results = []
     for path in args.config or DEFAULT_CONFIGS:
         r = bench_one(path, args.seq, args.batch, args.max_tokens, args.seconds, not args.no_compile)
+        results.append(r)
         t = r["tok_s"]
         line = (f"{r['name']:<11} {r['params'] / 1e6:6.1f}M {r['shape']:>7} {t['theirs']:12,.0f} {t['ours']:8,.0f} "
                 f"{t['ours'] / t['theirs']:5.2f}x")
@@ -130,6 +152,15 @@ def main() -> None:
         print(line + f" {r['ceiling']:7.2f}x", flush=True)
     print("ratio: ours over transformers, eager (and compiled, as `train.compile: true` runs it); goal >= 1.2x.\n"
           "ceiling: the most any model can gain running the same GEMMs and attention kernel as transformers.")
+    print(f"\noptimizer step beside a whole training step (the config's tokens a step, its fwd+bwd projected from ours above)")
+    print(f"{'config':<11} {'tokens/step':>11} {'adamw s':>8} {'muon s':>8} {'step adamw s':>12} {'step muon s':>11} {'muon more':>9}")
+    for r in results:
+        fwd_bwd = r["step_tokens"] / r["tok_s"]["ours"]
+        adamw, muon = (fwd_bwd + r["optimizer_s"][name] for name in ("adamw", "muon"))
+        print(f"{r['name']:<11} {r['step_tokens']:>11,} {r['optimizer_s']['adamw']:8.3f} {r['optimizer_s']['muon']:8.3f} "
+              f"{adamw:12.2f} {muon:11.2f} {muon / adamw - 1:8.1%}")
+    print("muon more: the time Muon adds to a step over AdamW's (goal <= 5% at model_100m); its Newton-Schulz\n"
+          "iterations run in bf16, which a CPU without bf16 matrix units does slowly: a GPU's share is smaller.")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,15 @@ def test_missing_file_and_base_loop(tmp_path):
         (["prepare.sources=[{name: a, path: x, weight: -2}]"], r"'prepare.sources\[0\].weight' must be > 0, got -2.0"),
         (["tokenizer.vocab_size=2"], r"'tokenizer.vocab_size' must be >= 4, got 2"),
         (["train.min_lr=0.1", "train.lr=0.01"], r"min_lr 0.1 is above lr 0.01"),
+        (["train.optimizer=sgd"], r"optimizer must be adamw or muon, got 'sgd'"),
+        (["train.schedule=step"], r"schedule must be cosine or wsd, got 'step'"),
+        (["train.decay_shape=cubic"], r"decay_shape must be linear or sqrt"),
+        (["train.decay_fraction=0"], r"'train.decay_fraction' must be > 0 and <= 1, got 0"),
+        (["train.schedule=wsd", "train.max_steps=10", "train.warmup_steps=9"], r"warmup_steps 9 run into the decay"),
+        (["train.muon.lr=0.5"], r"'train.muon.lr' must be > 0 and <= 0.2, got 0.5"),
+        (["train.muon.momentum=1"], r"'train.muon.momentum' must be >= 0 and < 1, got 1"),
+        (["train.muon.momentum_start=0.97"], r"momentum_start 0.97 is above momentum 0.95"),
+        (["train.muon.adjust_lr=moonshot"], r"adjust_lr must be original or match_rms_adamw"),
     ],
 )
 def test_numbers_outside_their_bounds_name_the_key_and_the_file(tmp_path, sets, message):

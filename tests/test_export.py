@@ -17,9 +17,15 @@ from trainer import checkpoint
 from trainer.model import Llama, ModelConfig
 
 
-def test_export_loads_in_transformers_with_same_logits_generation_and_ids(workdir):
+# The recipe does not change the architecture: a model trained either way exports exactly.
+RECIPES = {"adamw-cosine": [], "muon-wsd-zero-init": ["train.optimizer=muon", "train.schedule=wsd", "train.decay_fraction=0.25",
+                                                     "model.zero_init_out=true"]}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_export_loads_in_transformers_with_same_logits_generation_and_ids(workdir, recipe):
     tiny = ["--set", f"model.vocab_size={VOCAB}", "--set", "model.seq_len=32", "--set", "train.max_steps=8",
-            "--set", "train.overfit_check.enabled=false"]
+            "--set", "train.overfit_check.enabled=false", *(a for s in RECIPES[recipe] for a in ("--set", s))]
     for job in ("train", "export"):
         p = subprocess.run([sys.executable, "-m", "jobs.runner", job, "--smoke", *tiny], cwd=workdir,
                            capture_output=True, text=True, timeout=300)

@@ -123,6 +123,29 @@ def test_init_scales_residual_projections():
     assert not any(n.endswith("bias") for n, _ in model.named_parameters())
 
 
+def test_zero_init_out_starts_every_block_as_the_identity_and_still_learns():
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    model = Llama(replace(TINY, zero_init_out=True))
+    for block in model.blocks:
+        assert not block.attn.out.weight.any() and not block.ffn.down.weight.any()
+        assert block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    idx = torch.randint(0, TINY.vocab_size, (2, 16))
+    with torch.no_grad():  # the blocks add nothing: the logits are the embedding's, normed, through the head
+        assert torch.allclose(model(idx)[0], model.lm_head(model.norm(model.embed(idx))))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(20):
+        loss = model(idx, idx)[1]
+        first = first or loss.item()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert loss.item() < first / 2
+    assert all(b.attn.out.weight.any() and b.ffn.down.weight.any() for b in model.blocks)
+
+
 def test_generate_sampling_modes():
     torch.manual_seed(0)
     model = Llama(TINY).eval()

@@ -156,24 +156,27 @@ def test_sigterm_stops_with_a_checkpoint_then_resume_continues(workdir):
     assert 3 <= stopped_at < 400
     assert (workdir / "runs" / "smoke" / "checkpoints" / f"step_{stopped_at:06d}" / "model.safetensors").is_file()
 
-    args[args.index("train.max_steps=400")] = f"train.max_steps={stopped_at + 5}"
-    p = jobs(*args, "--resume", cwd=workdir, check=0)
+    p = jobs(*args, "--resume", "--stop-at", str(stopped_at + 5), cwd=workdir, check=0)
     assert "resumed from" in p.stdout and job_json(workdir)["state"] == "succeeded"
     assert max(losses(workdir, "smoke")) == stopped_at + 5
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(workdir):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_process_ddp_matches_one_process(workdir, optimizer):
     """2 gloo processes with accumulation A reach the losses of 1 process with 2A: same global batch."""
     common = ["train", "--smoke", *TINY, "--set", "train.max_steps=6", "--set", "train.overfit_check.enabled=false",
-              "--set", "train.micro_batch_size=4"]
+              "--set", "train.micro_batch_size=4", "--set", f"train.optimizer={optimizer}"]
     jobs(*common, "--set", "train.run_name=smoke-one", "--set", "train.grad_accum_steps=4", cwd=workdir, check=0)
     p = jobs(*common, "--set", "train.run_name=smoke-two", "--set", "train.grad_accum_steps=2",
              "--num-processes", "2", cwd=workdir, check=0)
     one, two = losses(workdir, "smoke-one"), losses(workdir, "smoke-two")
     assert sorted(two) == list(range(1, 7))
+    # Muon orthogonalises in bf16 (torch's Newton-Schulz): the two ways of summing the gradients differ in
+    # their last fp32 bits, which now and then round to different bf16 values (up to 8e-5 apart in 6 steps here).
+    tolerance = 1e-5 if optimizer == "adamw" else 3e-4
     for step in one:
-        assert two[step] == pytest.approx(one[step], abs=1e-5), step
+        assert two[step] == pytest.approx(one[step], abs=tolerance), step
     assert one[6] < one[1]
     state = json.loads((workdir / "runs" / "smoke-two" / "checkpoints" / "final" / "state.json").read_text())
     assert state["num_processes"] == 2 and state["tokens"] == 6 * 4 * 4 * 32

@@ -19,7 +19,9 @@ from trainer import checkpoint
 from trainer import checkpoint_files
 from trainer.checks import SanityCheckError
 from trainer.metrics import read_metrics
-from trainer.train import lr_factor, train
+from trainer.errors import UserError
+from trainer.optim import lr_factor
+from trainer.train import train
 
 
 def train_losses(run_dir) -> dict[int, float]:
@@ -55,12 +57,18 @@ def test_keeps_last_k_checkpoints_and_skips_ones_cut_short(workdir):
     assert checkpoint_files.latest(ckpts).name == "step_000008"
 
 
-def test_resume_is_exact(workdir):
-    straight = train(tiny_config("train.run_name=straight", "train.max_steps=10", "train.checkpoint_interval=100"))
-    first = train(tiny_config("train.run_name=split", "train.max_steps=10", "train.checkpoint_interval=100"), stop_at=5)
+# Muon's momentum still warming up at the split: the resumed run must take up its warmup where it was.
+MUON = ["train.optimizer=muon", "train.muon.momentum_warmup_steps=8", "train.muon.lr=0.02"]
+RECIPES = {"adamw": [], "muon": MUON, "muon-wsd": [*MUON, "train.schedule=wsd", "train.decay_fraction=0.3"]}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_resume_is_exact(workdir, recipe):
+    sets = ["train.max_steps=10", "train.checkpoint_interval=100", *RECIPES[recipe]]
+    straight = train(tiny_config("train.run_name=straight", *sets))
+    first = train(tiny_config("train.run_name=split", *sets), stop_at=5)
     assert first.state == "succeeded" and first.step == 5
-    second = train(tiny_config("train.run_name=split", "train.max_steps=10", "train.checkpoint_interval=100"),
-                   resume="latest")
+    second = train(tiny_config("train.run_name=split", *sets), resume="latest")
     assert second.step == 10
     a, b = train_losses(straight.run_dir), train_losses(second.run_dir)
     assert sorted(b) == list(range(1, 11))
@@ -122,9 +130,37 @@ def test_sigterm_saves_and_stops(workdir):
     assert checkpoint_files.read_state(ckpt)["step"] == res.step
 
 
-def test_overfit_check_fails_on_a_model_that_cannot_learn(workdir):
+@pytest.mark.parametrize("recipe", ["adamw", "muon"])
+def test_overfit_check_fails_on_a_model_that_cannot_learn(workdir, recipe):
+    # Adam moves each weight ~lr a step, Muon each matrix by lr times an orthogonal one: nothing.
+    sets = ["train.lr=1e-12", "train.min_lr=0.0", *(["train.optimizer=muon", "train.muon.lr=1e-12"] if recipe == "muon" else [])]
     with pytest.raises(SanityCheckError, match="overfit check failed"):
-        train(tiny_config("train.lr=1e-12", "train.min_lr=0.0"))  # Adam moves each weight ~lr a step: nothing
+        train(tiny_config(*sets))
+    ok = train(tiny_config(*RECIPES[recipe], "train.max_steps=1", "train.run_name=ok"))  # the run's own lrs learn
+    assert ok.state == "succeeded"
+
+
+def test_muon_trains_the_block_matrices_and_adamw_the_rest():
+    from trainer.model import Llama
+    from trainer.optim import make_optimizer
+
+    cfg = tiny_config(*MUON)
+    model = Llama(cfg.model)
+    opt = make_optimizer(model, cfg.train, fused=False)
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = sorted(names[id(p)].split(".", 2)[2] for g in opt.muon.param_groups for p in g["params"])
+    assert muon == sorted(["attn.qkv.weight", "attn.out.weight", "ffn.gate_up.weight", "ffn.down.weight"] * 2)
+    adamw = {names[id(p)] for g in opt.adamw.param_groups for p in g["params"]}
+    assert adamw == {"embed.weight", "norm.weight"} | {f"blocks.{i}.{n}_norm.weight" for i in (0, 1) for n in ("attn", "ffn")}
+    assert [g["lr"] for g in opt.param_groups] == [0.02, cfg.train.lr, cfg.train.lr]
+    assert opt.muon.param_groups[0]["nesterov"] and opt.muon.param_groups[0]["momentum"] == 0.85
+
+
+def test_muon_momentum_warms_up_from_085_to_095():
+    from trainer.optim import momentum_at
+
+    m = tiny_config("train.muon.momentum_warmup_steps=100").train.muon
+    assert [momentum_at(s, m) for s in (0, 50, 100, 5000)] == pytest.approx([0.85, 0.90, 0.95, 0.95])
 
 
 def test_overfit_check_leaves_the_run_untouched(workdir):
@@ -141,6 +177,76 @@ def test_lr_schedule_warmup_then_cosine_to_min():
     assert lrs[60] == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lrs[110] == pytest.approx(1e-4) and lrs[119] == pytest.approx(1e-4)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+
+
+@pytest.mark.parametrize("shape", ["linear", "sqrt"])
+def test_lr_schedule_wsd_warmup_constant_then_decay_over_the_last_fraction(shape):
+    t = tiny_config("train.schedule=wsd", f"train.decay_shape={shape}", "train.decay_fraction=0.25",
+                    "train.warmup_steps=10", "train.max_steps=100", "train.lr=1e-3", "train.min_lr=1e-4").train
+    lrs = [t.lr * lr_factor(s, t) for s in range(110)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert lrs[10:75] == pytest.approx([1e-3] * 65)  # constant until the last quarter
+    left = 1 - 13 / 25 if shape == "linear" else 1 - math.sqrt(13 / 25)  # step 87 is the decay's 13th of 25
+    assert lrs[87] == pytest.approx(1e-4 + 0.9e-3 * left)
+    assert lrs[99] == pytest.approx(1e-4) and lrs[109] == pytest.approx(1e-4)
+    assert all(a > b for a, b in zip(lrs[74:100], lrs[75:100]))
+
+
+def test_extending_a_wsd_run_matches_one_planned_that_long(workdir, capfd):
+    """A finished 20-step WSD run (decay from step 15), resumed with max_steps 40, goes on from its
+    checkpoint at step 15 and from there takes the very steps of a run planned for 40 from the start."""
+    sets = ["train.schedule=wsd", "train.decay_fraction=0.25", "train.checkpoint_interval=4", "train.keep_last=0",
+            "train.eval_interval=100", *MUON]
+    planned = train(tiny_config("train.run_name=planned", "train.max_steps=40", *sets))
+    short = train(tiny_config("train.run_name=grown", "train.max_steps=20", *sets))
+    out = capfd.readouterr().out
+    assert "pre_decay/ (step 15, before the decay) kept" in out
+    ckpts = short.run_dir / "checkpoints"
+    assert checkpoint_files.read_state(ckpts / "pre_decay")["step"] == 15 and (ckpts / "step_000016").is_dir()
+    decayed = train_losses(short.run_dir)
+
+    grown = train(tiny_config("train.run_name=grown", "train.max_steps=40", *sets), resume="latest")
+    out = capfd.readouterr().out
+    assert "resumed from" in out and "pre_decay at step 15" in out and "now planned for 40 steps" in out
+    assert grown.step == 40 and "succeeded (extended): step 40/40" in out
+    a, b = train_losses(planned.run_dir), train_losses(grown.run_dir)  # the grown run's later lines win
+    assert sorted(b) == list(range(1, 41))
+    for s in range(1, 41):
+        assert abs(a[s] - b[s]) < 1e-6, (s, a[s], b[s])
+    assert any(abs(decayed[s] - a[s]) > 1e-4 for s in range(17, 21))  # the short run's decay was different
+    # its old decay's checkpoints went; the new plan's decay began at 30 and its checkpoint is kept
+    assert checkpoint_files.read_state(ckpts / "pre_decay")["step"] == 30
+    assert checkpoint_files.read_state(ckpts / "step_000016")["config"]["train"]["max_steps"] == 40
+    assert checkpoint_files.read_state(ckpts / "final")["step"] == 40
+
+
+def test_a_wsd_run_stopped_before_its_decay_grows_from_its_latest_checkpoint(workdir):
+    sets = ["train.schedule=wsd", "train.decay_fraction=0.25", "train.checkpoint_interval=4", "train.eval_interval=100"]
+    planned = train(tiny_config("train.run_name=planned", "train.max_steps=24", *sets))
+    train(tiny_config("train.run_name=grown", "train.max_steps=12", *sets), stop_at=8)  # decay would start at 9
+    grown = train(tiny_config("train.run_name=grown", "train.max_steps=24", *sets), resume="latest")
+    a, b = train_losses(planned.run_dir), train_losses(grown.run_dir)
+    assert sorted(b) == list(range(1, 25))
+    for s in range(1, 25):
+        assert abs(a[s] - b[s]) < 1e-6, (s, a[s], b[s])
+
+
+def test_a_cosine_run_cannot_change_max_steps_and_nothing_changes(workdir):
+    from badinput import snapshot
+
+    run = train(tiny_config("train.max_steps=8", "train.checkpoint_interval=4"))
+    before = snapshot(run.run_dir)
+    with pytest.raises(UserError, match=r"^--resume: the run was planned for 8 steps with a cosine schedule, now 16"):
+        train(tiny_config("train.max_steps=16", "train.checkpoint_interval=4"), resume="latest")
+    assert snapshot(run.run_dir) == before
+
+
+def test_a_wsd_extension_that_would_decay_before_its_checkpoint_is_refused(workdir):
+    sets = ["train.schedule=wsd", "train.decay_fraction=0.25", "train.checkpoint_interval=4"]
+    run = train(tiny_config("train.max_steps=20", *sets))
+    with pytest.raises(UserError, match=r"would decay from step 13, before pre_decay/ at step 15"):
+        train(tiny_config("train.max_steps=17", *sets), resume="latest")
+    assert checkpoint_files.read_state(run.run_dir / "checkpoints" / "final")["step"] == 20
 
 
 @pytest.mark.slow

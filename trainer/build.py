@@ -10,8 +10,9 @@ import platform
 import torch
 from accelerate import Accelerator
 
-from trainer.config import Config, ConfigError, TrainConfig
+from trainer.config import Config, ConfigError
 from trainer.model import Llama
+from trainer.optim import make_optimizer
 
 
 def device_name() -> str:
@@ -27,14 +28,6 @@ def mixed_precision(cfg: Config) -> str:
     if p == "auto":
         return "bf16" if torch.cuda.is_available() else "no"
     return "bf16" if p == "bf16" else "no"
-
-
-def make_optimizer(model: Llama, t: TrainConfig, fused: bool) -> torch.optim.AdamW:
-    # Decay the matrices only: norms' gains are scales, decaying them to 0 hurts.
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused)
 
 
 def build_training(cfg: Config, trackers: dict | None = None) -> tuple[Accelerator, torch.nn.Module, torch.optim.Optimizer]:

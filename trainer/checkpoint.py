@@ -140,7 +140,11 @@ def load(
     optim_state = load_plain(folder / "optimizer.pt")
     extra = load_plain(folder / "trainer_state.pt")
     load_weights(folder, model)
-    optimizer.load_state_dict(optim_state)
+    try:
+        optimizer.load_state_dict(optim_state)
+    except (KeyError, ValueError) as e:  # the weights fit, so the optimizer is another kind
+        raise UserError(f"{folder / 'optimizer.pt'} does not fit this run's optimizer (train.optimizer: adamw | muon, "
+                        f"as the run was started): {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     scheduler.load_state_dict(extra["scheduler"])
     set_rng_state(extra["rng"])
     return read_state(folder)

@@ -15,6 +15,19 @@ from typing import Any
 from trainer.fileio import read_json
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
+PRE_DECAY = "pre_decay"  # a WSD run's checkpoint as its decay begins: never rotated, extensions start there
+
+
+def step_of(folder: Path) -> int:
+    return int(STEP_DIR.match(Path(folder).name).group(1))
+
+
+def planned_steps(folder: Path) -> int | None:
+    """The max_steps the run that wrote this checkpoint was planned for (None: its state does not say)."""
+    try:
+        return int(read_state(folder)["config"]["train"]["max_steps"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def read_state(folder: Path) -> dict[str, Any]:

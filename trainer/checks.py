@@ -32,12 +32,13 @@ def overfit_check(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     cfg: OverfitCheckConfig,
-    lr: float,
+    make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer],
     autocast: Callable[[], AbstractContextManager] = nullcontext,
 ) -> tuple[float, float]:
-    """Train a copy on one fixed batch for `cfg.steps`; the loss must fall by `cfg.min_drop`."""
+    """Train a copy with the run's kind of optimizer on one fixed batch for `cfg.steps`; the loss must
+    fall by `cfg.min_drop`."""
     probe = copy.deepcopy(model).train()
-    opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr if cfg.lr is not None else lr, weight_decay=0.0)
+    opt = make_optimizer(probe)
     losses = []
     for _ in range(cfg.steps):
         with autocast():

@@ -74,6 +74,8 @@ class ModelConfig:
     rope_theta: float = bounded(10000.0, gt=0)
     rms_eps: float = bounded(1e-5, gt=0)
     init_std: float = bounded(0.02, gt=0)
+    # Attention out and MLP down start at 0: each block starts as the identity and learns what to add.
+    zero_init_out: bool = False
     tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
@@ -118,7 +120,7 @@ class OverfitCheckConfig:
     enabled: bool = True
     steps: int = bounded(50, ge=3)  # optimizer steps on the micro-set (the check takes the best of the last 3)
     batch_size: int = bounded(4, ge=1)  # windows in the micro-set
-    lr: float | None = bounded(None, gt=0)  # None: the run's peak lr
+    lr: float | None = bounded(None, gt=0)  # None: the run's peak lr (AdamW's; Muon keeps train.muon.lr)
     # The loss must fall by this fraction: a model that cannot learn stays near
     # 0%, a healthy one memorises a few windows far past it.
     min_drop: float = bounded(0.3, ge=0, lt=1)
@@ -153,6 +155,24 @@ def check_name(what: str, value: str) -> str:
 
 
 @dataclass
+class MuonConfig:
+    """torch.optim.Muon for the blocks' matrices (train.optimizer: muon); train.lr is then AdamW's, for the rest."""
+
+    lr: float = bounded(0.01, gt=0, le=0.2)  # bench_recipe: 0.01 beat 0.005, 0.02 and 0.04
+    momentum: float = bounded(0.95, ge=0, lt=1)  # Nesterov
+    momentum_start: float = bounded(0.85, ge=0, lt=1)  # warmed up linearly to `momentum`
+    momentum_warmup_steps: int = bounded(300, ge=0)
+    weight_decay: float = bounded(0.0, ge=0, le=1)  # decoupled: each step shrinks weights by lr * weight_decay
+    adjust_lr: str = "original"  # torch's adjust_lr_fn: original (sqrt(max(1, rows/cols))) | match_rms_adamw
+
+    def __post_init__(self) -> None:
+        if self.adjust_lr not in ("original", "match_rms_adamw"):
+            raise ValueError(f"adjust_lr must be original or match_rms_adamw, got {self.adjust_lr!r}")
+        if self.momentum_start > self.momentum:
+            raise ValueError(f"momentum_start {self.momentum_start} is above momentum {self.momentum}")
+
+
+@dataclass
 class TrainConfig:
     run_name: str = "llama-100m"
     runs_dir: str = "runs"
@@ -164,6 +184,11 @@ class TrainConfig:
     min_lr: float = bounded(6e-5, ge=0)
     warmup_steps: int = bounded(500, ge=0)
     weight_decay: float = bounded(0.1, ge=0)
+    optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' matrices, AdamW at `lr` for the rest)
+    muon: MuonConfig = field(default_factory=MuonConfig)
+    schedule: str = "cosine"  # cosine | wsd (warmup, constant, then decay over the last decay_fraction)
+    decay_fraction: float = bounded(0.7, gt=0, le=1)  # wsd only; bench_recipe: 0.7 >= 0.5 > 0.3 > 0.2
+    decay_shape: str = "linear"  # wsd only: linear | sqrt (1 - sqrt of the decay's progress)
     beta1: float = bounded(0.9, ge=0, lt=1)
     beta2: float = bounded(0.95, ge=0, lt=1)
     grad_clip: float = bounded(1.0, ge=0)  # 0: no clipping
@@ -188,6 +213,15 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr {self.min_lr} is above lr {self.lr}")
+        for key, value, choices in (("optimizer", self.optimizer, ("adamw", "muon")),
+                                    ("schedule", self.schedule, ("cosine", "wsd")),
+                                    ("decay_shape", self.decay_shape, ("linear", "sqrt"))):
+            if value not in choices:
+                raise ValueError(f"{key} must be {' or '.join(choices)}, got {value!r}")
+        decay = round(self.decay_fraction * self.max_steps)
+        if self.schedule == "wsd" and self.warmup_steps > self.max_steps - decay:
+            raise ValueError(f"warmup_steps {self.warmup_steps} run into the decay, which starts at step "
+                             f"{self.max_steps - decay} (decay_fraction {self.decay_fraction} of {self.max_steps})")
 
 
 @dataclass

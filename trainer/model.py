@@ -156,13 +156,14 @@ class Llama(nn.Module):
 
     def reset_parameters(self) -> None:
         # GPT-2 init: N(0, 0.02), and the projections that write into the
-        # residual stream shrunk by sqrt(2 * layers) so its variance stays put.
+        # residual stream shrunk by sqrt(2 * layers) so its variance stays put
+        # (or zero: every block starts as the identity, as modded-nanogpt's do).
         residual_std = self.cfg.init_std / math.sqrt(2 * self.cfg.n_layers)
         for name, p in self.named_parameters():
             if p.dim() < 2:
                 nn.init.ones_(p)
             elif name.endswith(("attn.out.weight", "ffn.down.weight")):
-                nn.init.normal_(p, mean=0.0, std=residual_std)
+                nn.init.normal_(p, mean=0.0, std=0.0 if self.cfg.zero_init_out else residual_std)
             else:
                 nn.init.normal_(p, mean=0.0, std=self.cfg.init_std)
 

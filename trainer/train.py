@@ -16,8 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -34,16 +33,8 @@ from trainer.evaluate import bits_per_byte, val_bytes_per_token, val_loss
 from trainer.metrics import plot_metrics
 from trainer.gpus import peak_flops
 from trainer.model import Llama
+from trainer.optim import decay_start, lr_factor, make_optimizer, scheduler as make_scheduler
 from trainer.units import fmt_duration
-
-
-def lr_factor(step: int, t: TrainConfig) -> float:
-    """Linear warmup to `lr`, then cosine down to `min_lr` at `max_steps`."""
-    if step < t.warmup_steps:
-        return (step + 1) / t.warmup_steps
-    floor = t.min_lr / t.lr if t.lr > 0 else 0.0
-    progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -89,6 +80,38 @@ def run_dir_of(cfg: Config) -> Path:
     return Path(cfg.train.runs_dir) / cfg.train.run_name
 
 
+def resume_point(ckpt_dir: Path, t: TrainConfig) -> tuple[Path, bool]:
+    """The checkpoint `--resume` continues from, and whether it changes a WSD run's plan (max_steps).
+
+    The latest whole checkpoint planned for `t.max_steps`. Failing that, a WSD run's latest checkpoint
+    from before its decay began (`pre_decay/` once it has): every step up to there is the same whatever
+    max_steps is. A cosine run's every lr depends on max_steps, so it continues only on its own plan.
+    """
+    pre = ckpt_dir / checkpoint_files.PRE_DECAY
+    whole = [c for c in checkpoint_files.step_folders(ckpt_dir) + [ckpt_dir / "final", pre] if checkpoint_files.is_complete(c)]
+    step_of = {c: checkpoint_files.read_state(c)["step"] for c in whole}
+    planned = [c for c in whole if checkpoint_files.planned_steps(c) == t.max_steps]
+    if planned:
+        return max(planned, key=step_of.get), False
+    if not whole:
+        raise UserError(f"--resume: no checkpoint found at {ckpt_dir}")
+    was = (checkpoint_files.read_state(max(whole, key=step_of.get)).get("config") or {}).get("train") or {}
+    if was.get("schedule") != "wsd" or t.schedule != "wsd":
+        raise UserError(f"--resume: the run was planned for {was.get('max_steps')} steps with a {was.get('schedule', 'cosine')} "
+                        f"schedule, now {t.max_steps} with {t.schedule}; only a wsd run can change max_steps (every "
+                        f"cosine step's lr depends on it): keep train.max_steps={was.get('max_steps')} or start a new run")
+    # pre_decay/ is taken as the decay begins: nothing later is from before it; without it, nothing decayed yet.
+    limit = step_of.get(pre, math.inf)
+    before = [c for c in whole if c.name != "final" and step_of[c] <= limit]
+    if not before:
+        raise UserError(f"--resume: no whole checkpoint from before the decay began in {ckpt_dir} to change max_steps from")
+    start = max(before, key=step_of.get)
+    if decay_start(t) < step_of[start]:
+        raise UserError(f"--resume: train.max_steps={t.max_steps} would decay from step {decay_start(t)}, before "
+                        f"{start.name}/ at step {step_of[start]}: choose more steps or a smaller train.decay_fraction")
+    return start, True
+
+
 def train(
     cfg: Config,
     resume: str | None = None,
@@ -112,16 +135,24 @@ def train(
     n_val = t.eval_batches * t.micro_batch_size
     # Data of unknown tokenizer (sp is None): no bytes to count, no samples to decode.
     val_bpt = val_bytes_per_token(sp, data, n_val) if sp is not None else None
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, t=t))
+    scheduler = make_scheduler(optimizer, t)
 
-    step, tokens, best = 0, 0, math.inf
+    step, tokens, best, extended = 0, 0, math.inf, False
     if resume:
-        folder = checkpoint_files.latest(ckpt_dir) if resume == "latest" else Path(resume)
-        if folder is None or not folder.is_dir():
-            raise UserError(f"--resume: no checkpoint found at {folder or ckpt_dir}")
+        folder, extended = resume_point(ckpt_dir, t) if resume == "latest" else (Path(resume), False)
+        if not folder.is_dir():
+            raise UserError(f"--resume: no checkpoint found at {folder}")
         state = checkpoint.load(folder, raw, optimizer, scheduler)
         step, tokens, best = state["step"], state["tokens"], state.get("best_val_loss") or math.inf
-        accelerator.print(f"resumed from {folder} at step {step} ({tokens:,} tokens)")
+        # The next step's lr by this run's plan: an extended run's is not the one its checkpoint was saved with.
+        for group, peak in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = peak * lr_factor(step, t)
+        if extended and main:
+            for abandoned in checkpoint_files.step_folders(ckpt_dir, complete=False):
+                if checkpoint_files.step_of(abandoned) > step:  # the old decay's, which this run replaces
+                    shutil.rmtree(abandoned)
+        how = f", now planned for {t.max_steps} steps (its decay had not begun there)" if extended else ""
+        accelerator.print(f"resumed from {folder} at step {step} ({tokens:,} tokens){how}")
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("metrics.jsonl", "fixed_prompt_samples.txt", tracking.RUN_IDS):
@@ -133,7 +164,12 @@ def train(
     if t.overfit_check.enabled and not resume:
         n = t.overfit_check.batch_size
         x, y = data.windows(data.train, data.train_starts(t.seed, 0, n), device)
-        first, last = overfit_check(raw, x, y, t.overfit_check, t.lr, accelerator.autocast)
+        # The run's kind of optimizer, without weight decay: it is to memorise, not to generalise.
+        probe_t = replace(t, lr=t.overfit_check.lr or t.lr, min_lr=0.0, weight_decay=0.0,
+                          muon=replace(t.muon, weight_decay=0.0))
+        fused = device.type == "cuda"
+        first, last = overfit_check(raw, x, y, t.overfit_check, lambda m: make_optimizer(m, probe_t, fused),
+                                    accelerator.autocast)
         accelerator.print(f"overfit check: loss {first:.3f} -> {last:.3f} in {t.overfit_check.steps} steps, ok")
 
     per_rank = t.micro_batch_size * t.grad_accum_steps
@@ -239,6 +275,8 @@ def train(
                 evaluate_now()
             if step % t.checkpoint_interval == 0 and step < t.max_steps:
                 save(f"step_{step:06d}")
+            if t.schedule == "wsd" and step == decay_start(t):
+                save(checkpoint_files.PRE_DECAY)  # kept from rotation: where a longer run of this plan resumes
             if stop.agreed(accelerator):
                 state = "stopped"
                 break
@@ -253,7 +291,12 @@ def train(
         plot_metrics(run_dir)
         val = f", best val loss {best:.4f}" if math.isfinite(best) else ""
         last = f"loss {last_loss:.4f}" if last_loss is not None else "no step taken"
-        print(f"{state}: step {step}/{t.max_steps}, {tokens:,} tokens, {last}{val}; checkpoints in {ckpt_dir}")
+        kept, pre = "", ckpt_dir / checkpoint_files.PRE_DECAY
+        if t.schedule == "wsd" and checkpoint_files.is_complete(pre):
+            kept = (f"; {pre.name}/ (step {checkpoint_files.read_state(pre)['step']}, before the decay) kept: "
+                    "--resume --set train.max_steps=N trains longer from there")
+        grew = " (extended)" if extended else ""
+        print(f"{state}{grew}: step {step}/{t.max_steps}, {tokens:,} tokens, {last}{val}; checkpoints in {ckpt_dir}{kept}")
     # Every rank leaves together and closes its process group: a gloo/NCCL group
     # torn down by interpreter exit can abort a rank that already finished.
     accelerator.wait_for_everyone()
