@@ -34,6 +34,7 @@ class Recipe:
     warmup_steps: int
     weight_decay: float
     batch_tokens: int  # tokens per optimizer step, all processes together
+    muon_lr: float | None = None  # the block matrices' lr under Muon; `lr` is then AdamW's, for the rest
 
 
 @dataclass
@@ -68,9 +69,7 @@ def run_facts(cfg: JobConfig, ev: dict, data_meta: dict | None) -> RunFacts:
         steps=ev["step"],
         tokens=ev["tokens"],
         recipe=Recipe(
-            # Before train.optimizer / train.schedule existed every run was AdamW with a cosine schedule.
-            optimizer=getattr(t, "optimizer", "adamw"),
-            schedule=getattr(t, "schedule", "cosine"),
+            optimizer=t.optimizer, schedule=t.schedule, muon_lr=t.muon.lr if t.optimizer == "muon" else None,
             lr=t.lr, min_lr=t.min_lr, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
             batch_tokens=ev["tokens"] // ev["step"] if ev["step"] else 0,
         ),
@@ -165,6 +164,7 @@ def build_card(cfg: JobConfig, repo_id: str, license_id: str, ev: dict, data_met
 def training_section(f: RunFacts) -> list[str]:
     c, r = f.model, f.recipe
     gpu = f"{f.processes} x {f.gpu}" if f.gpu and f.processes and f.processes > 1 else (f.gpu or "not recorded")
+    optimizer = f"Muon (lr {r.muon_lr:g}) for the block matrices, AdamW for the rest" if r.muon_lr else r.optimizer
     lines = [
         "## Training", "",
         "| | |", "|---|---|",
@@ -174,7 +174,7 @@ def training_section(f: RunFacts) -> list[str]:
         f"| context | {c.seq_len} tokens |",
         f"| vocabulary | {c.vocab_size:,} (SentencePiece BPE, byte fallback) |",
         f"| training tokens | {f.tokens:,} ({f.steps:,} steps of {r.batch_tokens:,} tokens) |",
-        f"| recipe | {r.optimizer}, {r.schedule} schedule, lr {r.lr:g} to {r.min_lr:g}, {r.warmup_steps:,} warmup steps, "
+        f"| recipe | {optimizer}, {r.schedule} schedule, lr {r.lr:g} to {r.min_lr:g}, {r.warmup_steps:,} warmup steps, "
         f"weight decay {r.weight_decay:g} |",
         f"| hardware | {gpu} |",
         f"| training time | {fmt_duration(f.hours * 3600)} |",
