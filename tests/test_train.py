@@ -156,6 +156,41 @@ def test_muon_trains_the_block_matrices_and_adamw_the_rest():
     assert opt.muon.param_groups[0]["nesterov"] and opt.muon.param_groups[0]["momentum"] == 0.85
 
 
+def test_muon_takes_each_projection_of_a_fused_weight_as_the_separate_weight_it_stands_for():
+    """Three steps on the fused q/k/v and gate/up weights equal torch's own Muon on q, k, v, gate and up held apart
+    (the whole fused matrix would share one orthogonal update and one lr adjustment between them)."""
+    from trainer.model import Llama
+    from trainer.optim import make_optimizer
+
+    cfg = tiny_config(*MUON, "model.n_kv_heads=2", "train.muon.weight_decay=0.1")
+    torch.manual_seed(0)
+    model = Llama(cfg.model)
+    opt = make_optimizer(model, cfg.train, fused=False)
+    block, rows = model.blocks[0], model.fused_rows()
+    fused = [block.attn.qkv.weight, block.ffn.gate_up.weight]
+    apart = [torch.nn.Parameter(w.detach().clone()) for f in fused for w in f.split(rows[id(f)])]
+    m = cfg.train.muon
+    reference = torch.optim.Muon(apart, lr=m.lr, weight_decay=m.weight_decay, momentum=m.momentum_start,
+                                 nesterov=True, adjust_lr_fn=m.adjust_lr)
+    c = cfg.model
+    assert c.n_kv_heads < c.n_heads  # k and v of another shape than q
+    assert [w.shape[0] for w in apart] == [c.n_heads * c.head_dim, *[c.n_kv_heads * c.head_dim] * 2, *[c.ffn_dim] * 2]
+    for _ in range(3):
+        grads = [torch.randn_like(w) for w in fused]
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        for w, g in zip(fused, grads):
+            w.grad = g.clone()
+        for w, g in zip(apart, (piece for f, g in zip(fused, grads) for piece in g.split(rows[id(f)]))):
+            w.grad = g.clone()
+        opt.muon.param_groups[0]["momentum"] = m.momentum_start  # the reference's, held still
+        opt.muon.step()
+        reference.step()
+        got = [piece for f in fused for piece in f.detach().split(rows[id(f)])]
+        for a, b in zip(got, apart):
+            torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-6)
+
+
 def test_muon_momentum_warms_up_from_085_to_095():
     from trainer.optim import momentum_at
 

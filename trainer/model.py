@@ -154,6 +154,13 @@ class Llama(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
 
+    def fused_rows(self) -> dict[int, list[int]]:
+        """id() of each fused weight -> the rows of each projection in it (q, k, v; gate, up), so an optimizer
+        that treats a matrix as a whole (Muon) can take each projection as the separate weight it stands for."""
+        c = self.cfg
+        qkv = [c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.n_kv_heads * c.head_dim]
+        return {id(w): rows for b in self.blocks for w, rows in ((b.attn.qkv.weight, qkv), (b.ffn.gate_up.weight, [c.ffn_dim] * 2))}
+
     def reset_parameters(self) -> None:
         # GPT-2 init: N(0, 0.02), and the projections that write into the
         # residual stream shrunk by sqrt(2 * layers) so its variance stays put

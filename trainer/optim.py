@@ -1,9 +1,10 @@
 """The optimizers and the learning-rate schedules.
 
 `train.optimizer: adamw` trains every parameter with AdamW. `muon` trains the
-2-D matrices inside the blocks (q/k/v, attention out, gate/up, down) with
-PyTorch's own `torch.optim.Muon` and the rest (the embedding, which is also
-the tied head, and the norm gains) with AdamW: Muon orthogonalises a matrix's
+2-D matrices inside the blocks (q, k, v, attention out, gate, up, down: each
+projection of a fused weight apart) with PyTorch's own `torch.optim.Muon`,
+and the rest (the embedding, which is also the tied head, and the norm
+gains) with AdamW: Muon orthogonalises a matrix's
 update, which means nothing for an embedding's rows or a vector of gains.
 The two step as one optimizer, so the loop, accelerate, the scheduler and the
 checkpoints see one object.
@@ -99,6 +100,28 @@ class MuonAdamW(torch.optim.Optimizer):
         self._set_momentum()
 
 
+class ProjectionMuon(torch.optim.Muon):
+    """`torch.optim.Muon` that orthogonalises each projection of a fused weight (q, k, v; gate, up) on its
+    own, as it would the separate weights the model fuses for speed: [q; k; v] taken as one matrix would
+    share one orthogonal update, and its lr adjustment, between projections of different shapes and roles.
+    Only the lists handed to torch's own update change: row views of the weight, its gradient and its
+    momentum buffer, so the state dict is torch's, one buffer per weight."""
+
+    def __init__(self, params, rows: dict[int, list[int]], **kwargs):
+        super().__init__(params, **kwargs)
+        self.rows = rows  # id(weight) -> the row count of each projection in it
+
+    def _init_group(self, group, params_with_grad, grads, muon_momentum_bufs) -> bool:
+        whole: tuple[list, list, list] = ([], [], [])
+        has_complex = super()._init_group(group, *whole)
+        for p, g, buf in zip(*whole):
+            rows = self.rows.get(id(p))
+            params_with_grad.extend(p.split(rows) if rows else [p])
+            grads.extend(g.split(rows) if rows else [g])
+            muon_momentum_bufs.extend(buf.split(rows) if rows else [buf])
+        return has_complex
+
+
 def is_block_matrix(name: str, p: torch.nn.Parameter) -> bool:
     """What Muon trains: a 2-D weight inside a block (not the embedding nor the tied head)."""
     return p.dim() == 2 and name.startswith("blocks.")
@@ -116,7 +139,7 @@ def make_optimizer(model: torch.nn.Module, t: TrainConfig, fused: bool) -> torch
     m = t.muon
     matrices = [p for n, p in named if is_block_matrix(n, p)]
     others = [p for n, p in named if p.dim() >= 2 and not is_block_matrix(n, p)]
-    muon = torch.optim.Muon(matrices, lr=m.lr, weight_decay=m.weight_decay, momentum=m.momentum, nesterov=True,
+    muon = ProjectionMuon(matrices, model.fused_rows(), lr=m.lr, weight_decay=m.weight_decay, momentum=m.momentum, nesterov=True,
                             adjust_lr_fn=m.adjust_lr)
     groups = [{"params": others, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     adamw = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused)
