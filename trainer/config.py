@@ -187,8 +187,8 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' matrices, AdamW at `lr` for the rest)
     muon: MuonConfig = field(default_factory=MuonConfig)
     schedule: str = "cosine"  # cosine | wsd (warmup, constant, then decay over the last decay_fraction)
-    decay_fraction: float = bounded(0.7, gt=0, le=1)  # wsd only; bench_recipe: 0.7 >= 0.5 > 0.3 > 0.2
-    decay_shape: str = "linear"  # wsd only: linear | sqrt (1 - sqrt of the decay's progress)
+    decay_fraction: float = bounded(0.5, gt=0, le=1)  # wsd only; bench_recipe: 0.5 > 0.7 > 0.3 (all within 0.013)
+    decay_shape: str = "sqrt"  # wsd only: linear | sqrt (1 - sqrt of the decay's progress); bench_recipe: a tie
     beta1: float = bounded(0.9, ge=0, lt=1)
     beta2: float = bounded(0.95, ge=0, lt=1)
     grad_clip: float = bounded(1.0, ge=0)  # 0: no clipping
