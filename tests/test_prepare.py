@@ -415,5 +415,6 @@ def test_without_a_terminal_progress_is_whole_lines(prepared, tmp_path):
         assert out.returncode == 0, out.stderr[-2000:]
         assert "\r" not in out.stderr, "no redraws in a log"
         lines = [line for line in out.stderr.splitlines() if line.startswith(("tokenizer sample:", "prepare:"))]
-        assert len(lines) >= 3, out.stderr  # the first, at least one on the way, the last
+        # At least one on the way, and the last (none before there is progress to tell).
+        assert len(lines) >= 2, out.stderr
         assert len(lines) == len(set(lines)), "each line says something new"
