@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,12 @@ from trainer.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 VOCAB = 384
+
+# A runner started in the background by a non-interactive shell (`cmd &`) hands pytest SIGINT ignored, and every
+# process a test starts would inherit that: the Ctrl-C tests need it as a terminal gives it. A Python handler
+# here is reset to the default in each child.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def stdlib_text() -> list[str]:
